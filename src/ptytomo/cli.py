@@ -1,0 +1,148 @@
+"""Command-line interface: ``ptytomo simulate | info | reconstruct | report | demo``.
+
+Each subcommand is a thin layer over the Python API.  A ``PtytomoError`` (bad
+input, bad option, missing CUDA) is printed as one line and exits with status
+2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+import numpy as np
+
+from .errors import PtytomoError
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _add_simulate(sub) -> None:
+    from .simulate import NOISE_MODELS, SimulationConfig
+
+    d = SimulationConfig()
+    p = sub.add_parser("simulate", help="simulate a ptycho-tomography data set (FORMAT.md layout)")
+    p.add_argument("output", help="data file to write (HDF5)")
+    p.add_argument("--phantom", default=d.phantom, help="woven-wire, ellipsoids, or a .npy/.h5 volume file")
+    p.add_argument("--size", type=_positive_int, default=d.size, help="voxels per edge N (default %(default)s)")
+    p.add_argument("--voxel-size", type=float, default=d.voxel_size_m, help="voxel edge in metres (default %(default)s)")
+    p.add_argument("--energy", type=float, default=d.energy_kev, help="beam energy in keV (default %(default)s)")
+    p.add_argument("--angles", type=_positive_int, default=d.n_angles, help="number of angles (default %(default)s)")
+    p.add_argument(
+        "--angle-range", type=float, nargs=2, default=(d.angle_start, d.angle_stop), metavar=("START", "STOP"),
+        help="angles equally spaced over [START, STOP) radians (default [0, 2 pi))",
+    )
+    p.add_argument("--detector", type=_positive_int, default=d.detector_size, help="detector size M (default %(default)s)")
+    p.add_argument("--probe-diameter", type=float, default=d.probe_diameter, help="disc probe diameter in pixels (default %(default)s)")
+    p.add_argument("--probe-soft-edge", type=float, default=d.probe_soft_edge, help="raised-cosine edge width in pixels (default 0: hard disc)")
+    p.add_argument("--probe-file", default=None, help="use this probe (.npy, or /probe of an HDF5 file) instead of a disc")
+    p.add_argument("--step", type=_positive_int, default=d.step, help="raster step in pixels (default %(default)s)")
+    p.add_argument("--shift", type=int, default=d.shift, help="raster start shift per angle in pixels (default %(default)s)")
+    p.add_argument("--shift-axes", default=d.shift_axes, choices=("both", "rows", "cols", "none"), help="axes the shift applies to")
+    p.add_argument("--photons", type=float, default=d.photons, help="photons per measurement through empty space (default %(default)g)")
+    p.add_argument("--noise", default=d.noise, choices=NOISE_MODELS, help="noise model (default %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (phantom and noise)")
+    p.add_argument("--ellipsoids", type=_positive_int, default=d.ellipsoids, help="ellipsoid count for --phantom ellipsoids")
+    p.add_argument("--oversample", type=_positive_int, default=d.oversample, help="simulate on an S-times finer grid (no inverse crime)")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", default=d.precision, choices=("float32", "float64"))
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_simulate)
+
+
+def run_simulate(args) -> int:
+    from .io import write_data
+    from .simulate import SimulationConfig, simulate
+
+    config = SimulationConfig(
+        phantom=args.phantom, size=args.size, voxel_size_m=args.voxel_size, energy_kev=args.energy,
+        n_angles=args.angles, angle_start=args.angle_range[0], angle_stop=args.angle_range[1],
+        detector_size=args.detector, probe_diameter=args.probe_diameter, probe_soft_edge=args.probe_soft_edge,
+        probe_file=args.probe_file, step=args.step, shift=args.shift, shift_axes=args.shift_axes,
+        photons=args.photons, noise=args.noise, seed=args.seed, ellipsoids=args.ellipsoids,
+        oversample=args.oversample, device=args.device, precision=args.precision,
+    )
+    data = simulate(config, progress=not args.quiet)
+    write_data(args.output, data)
+    print(f"wrote {args.output}: {data.intensities.shape[0]} angles x {data.intensities.shape[1]} positions "
+          f"of {data.intensities.shape[2]}x{data.intensities.shape[3]} px, volume {data.geometry.volume_shape}")
+    return 0
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="validate a data file and print a summary")
+    p.add_argument("file", help="data file (HDF5, FORMAT.md layout)")
+    p.set_defaults(run=run_info)
+
+
+def describe(data) -> str:
+    """A human-readable summary of a data set."""
+    from .physics import wavelength_m
+    from .scan import linear_overlap, probe_diameter_estimate, probe_photons, step_estimate
+
+    a, j, m, _ = data.intensities.shape
+    valid = data.valid_or_all()
+    g = data.geometry
+    diameter = probe_diameter_estimate(data.probe)
+    step = step_estimate(data.positions[0][valid[0]])
+    sim = data.simulation
+    if "step" in sim and "probe_diameter" in sim:
+        overlap = f"{linear_overlap(float(sim['step']), float(sim['probe_diameter'])):.0%} (step {sim['step']}, probe {sim['probe_diameter']} px)"
+    else:
+        overlap = f"~{linear_overlap(step, diameter):.0%} (estimated: step ~{step:.1f} px, probe ~{diameter:.1f} px)"
+    per_frame = data.intensities.sum(axis=(2, 3))[valid]
+    lines = [
+        f"volume        {g.volume_shape} voxels of {g.voxel_size_m * 1e9:.3g} nm",
+        f"energy        {g.energy_kev:g} keV (wavelength {wavelength_m(g.energy_kev) * 1e9:.4g} nm)",
+        f"angles        {a}, from {math.degrees(data.angles.min()):.2f} to {math.degrees(data.angles.max()):.2f} deg",
+        f"positions     {j} per angle, {int(valid.sum())} valid measurements in all",
+        f"detector      {m} x {m} px" + ("" if data.mask is None else f", {int((~data.mask).sum())} masked pixels"),
+        f"overlap       {overlap}",
+        f"photons       {probe_photons(data.probe):.3g} per measurement through empty space; "
+        f"measured mean {per_frame.mean():.3g} per frame",
+        f"intensities   {data.intensities.nbytes / 2**30:.3g} GiB as float32",
+        f"truth         {'present' if data.truth is not None else 'absent'}",
+    ]
+    if sim:
+        lines.append("simulation    " + ", ".join(f"{k}={sim[k]}" for k in ("phantom", "noise", "oversample") if k in sim))
+    return "\n".join(lines)
+
+
+def run_info(args) -> int:
+    from .io import read_data
+
+    data = read_data(args.file)
+    print(f"{args.file}: valid ptytomo data file (format version 1)")
+    print(describe(data))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ptytomo", description="Joint ptycho-tomographic reconstruction.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_simulate(sub)
+    _add_info(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except PtytomoError as exc:
+        print(f"ptytomo {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ptytomo {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

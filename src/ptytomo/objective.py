@@ -1,0 +1,141 @@
+"""The joint cost and its gradient by the explicit chain rule (METHOD.md eq. 4-5).
+
+The gradient is assembled batch by batch of angles through the operators'
+adjoints, so no autograd tape ever spans the data set: memory stays at the
+data plus a few volumes.
+
+Normalisation (documented so that the paper's step constants mean something):
+the unknown is ``u = k * voxel_size * x`` (phase and attenuation per voxel),
+the probe and the measured amplitudes are divided by ``max|P|``, and the cost
+is multiplied by ``scale`` chosen so that the Lipschitz constant of the
+gradient at ``u = 0`` (power iteration on the Gauss-Newton operator) is
+``1 / 0.01 = 100``.  Under it Algorithm 1's ``alpha0 = 0.01`` is the
+classical ``1/L`` step, whatever the data size, probe intensity or voxel size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import PtytomoError
+from .operators import JointModel
+
+LOSSES = ("amplitude", "intensity", "poisson")
+TARGET_LIPSCHITZ = 100.0
+
+
+def detector_residual(loss: str, field: torch.Tensor, measured: torch.Tensor, weight):
+    """(cost, r) with d cost = 2 Re <r, d field>; ``measured`` is amplitude (sqrt of counts).
+
+    The bracket of METHOD.md eq. 5 and its variants for the other losses.
+    """
+    parts = torch.view_as_real(field)
+    modulus = torch.linalg.vector_norm(parts, dim=-1)  # fewer passes over memory than field.abs()
+    if loss == "amplitude":
+        misfit = modulus - measured
+        cost_map = misfit**2
+        # g - a g/|g|, with g/|g| = 0 where g = 0 (there g itself is 0, so any finite scale works)
+        scale = misfit / modulus.clamp_min(1e-20)
+        r = torch.view_as_complex(parts * scale.unsqueeze(-1))
+    elif loss == "intensity":
+        misfit = modulus**2 - measured**2
+        cost_map = misfit**2
+        r = 2 * misfit.to(field.dtype) * field
+    else:  # poisson negative log-likelihood (up to a data-only constant)
+        counts = measured**2
+        intensity = modulus**2
+        floor = torch.finfo(modulus.dtype).tiny
+        cost_map = intensity - counts * torch.log(intensity.clamp_min(floor))
+        r = field * (1 - counts / intensity.clamp_min(floor)).to(field.dtype)
+    if weight is not None:
+        cost_map = cost_map * weight
+        r = r * weight
+    return cost_map.sum(), r
+
+
+@dataclass
+class Scaling:
+    """Maps between the physical volume x and the solver's unknown u."""
+
+    to_u: float  # u = to_u * x  (k * voxel_size)
+    cost: float  # multiplies the raw (probe-normalised) cost
+
+
+class JointObjective:
+    """phi(u) for one data set: value and gradient, streamed over angle batches."""
+
+    def __init__(self, model: JointModel, amplitudes: torch.Tensor, loss: str = "amplitude", mask=None):
+        if loss not in LOSSES:
+            raise PtytomoError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+        self.model = model
+        self.loss = loss
+        self.probe_max = float(model.probe.abs().max())
+        # Normalise the probe to max |P| = 1 in the model and the data alike.
+        model.probe = model.probe / self.probe_max
+        model._ptychography.clear()
+        self.amplitudes = amplitudes / self.probe_max
+        weight = None
+        if mask is not None:
+            weight = torch.as_tensor(np.asarray(mask), device=model.device).to(model.real_dtype)[None, None]
+        if model.valid is not None:
+            valid = model.valid.to(device=model.device, dtype=model.real_dtype)[..., None, None]
+            weight = valid if weight is None else weight * valid
+        self.weight = weight
+        self.scaling = Scaling(to_u=model.k * model.voxel_size_m, cost=1.0)
+        self.scaling.cost = TARGET_LIPSCHITZ / self.lipschitz_at_zero()
+        self.evaluations = 0
+
+    def _batch_weight(self, batch: slice):
+        if self.weight is None:
+            return None
+        return self.weight if self.weight.shape[0] == 1 else self.weight[batch]
+
+    def value_and_grad(self, u: torch.Tensor, need_grad: bool = True) -> tuple[float, torch.Tensor | None]:
+        model = self.model
+        x = u / self.scaling.to_u
+        total = torch.zeros((), dtype=torch.float64, device=model.device)
+        grad = torch.zeros_like(u) if need_grad else None
+        for b, batch in enumerate(model.batches):
+            o = model.transmission(x, b)
+            field = model.ptychography(b).forward(o)
+            cost, r = detector_residual(self.loss, field, self.amplitudes[batch], self._batch_weight(batch))
+            total += cost.to(torch.float64)
+            if need_grad:
+                back = model.crop(o.conj() * model.ptychography(b).adjoint(r))
+                # d/du of 2 Re<r, Q(o * i R' du)> is -2i R'^T(conj(o) Q^H r): delta part
+                # Im, beta part -Re (METHOD.md eq. 5), with R' = R / voxel_size.
+                grad += model.projector(b).adjoint(-2j * back) / model.voxel_size_m
+        self.evaluations += 1
+        if need_grad:
+            grad *= self.scaling.cost
+        return float(total) * self.scaling.cost, grad
+
+    def value(self, u: torch.Tensor) -> float:
+        return self.value_and_grad(u, need_grad=False)[0]
+
+    def lipschitz_at_zero(self, iterations: int = 8, seed: int = 0) -> float:
+        """Largest eigenvalue of 2 J^T J at u = 0 (J: du -> far fields), by power iteration."""
+        model = self.model
+        generator = torch.Generator().manual_seed(seed)
+        v = torch.randn(model.volume_shape, generator=generator, dtype=torch.float64)
+        v = torch.complex(v, torch.randn(model.volume_shape, generator=generator, dtype=torch.float64))
+        v = (v / torch.linalg.vector_norm(v)).to(device=model.device, dtype=model.complex_dtype)
+        value = 0.0
+        for _ in range(iterations):
+            out = torch.zeros_like(v)
+            for b in range(len(model.batches)):
+                # At u = 0 the transmission is 1, so J du = Q(i R' du).
+                projection = model.pad(model.projector(b).forward(v)) / model.voxel_size_m
+                field = model.ptychography(b).forward(1j * projection)
+                weight = self._batch_weight(model.batches[b])
+                if weight is not None:
+                    field = field * weight
+                back = model.crop(model.ptychography(b).adjoint(field))
+                out += model.projector(b).adjoint(-1j * back) / model.voxel_size_m
+            out = 2 * out
+            value = float(torch.linalg.vector_norm(out))
+            v = out / value
+        return value

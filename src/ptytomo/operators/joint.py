@@ -1,0 +1,136 @@
+"""The joint forward model x -> far fields, evaluated one batch of angles at a time.
+
+    p = R x                 projection (B, Nz, Nu), complex (delta and beta)
+    O = exp(i k pad(p))     transmission; zero padding of p gives O = 1 (free space)
+    g = Q O                 far fields (B, J, M, M)
+
+The cost is a sum over angles, so a batch of angles is the unit of work:
+memory is bounded by one batch whatever the data size, and the same loop can
+later be split over ranks.  Peak memory of one evaluation, in bytes, for
+complex itemsize c (8 for float32):
+
+    volume + sparse projector (~ 24 * A * Nx * 2 max(Ny, Nx))
+    + c * B * (Nz * Nu + H * W)            projection and padded transmission
+    + 3 * c * B * J * M^2                  windows, exit waves and far fields
+
+with B the angle batch, J the positions per angle and H x W the padded
+projection.  ``angle_batch`` is chosen from ``batch_bytes`` when not given.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..physics import wavenumber
+from .ptycho import Ptychography
+from .tomo import ParallelProjector
+
+DEFAULT_BATCH_BYTES = {"cpu": 32 * 2**20, "cuda": 2 * 2**30}  # CPU: stay near cache size
+
+
+class JointModel:
+    """Forward model of a ptycho-tomography experiment on one device and precision."""
+
+    def __init__(
+        self,
+        volume_shape: tuple[int, int, int],
+        voxel_size_m: float,
+        energy_kev: float,
+        angles,
+        positions,
+        probe,
+        valid=None,
+        angle_batch: int | None = None,
+        batch_bytes: int | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        self.device = torch.device(device)
+        self.real_dtype = dtype
+        self.complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+        self.volume_shape = tuple(int(n) for n in volume_shape)
+        self.voxel_size_m = float(voxel_size_m)
+        self.energy_kev = float(energy_kev)
+        self.k = wavenumber(energy_kev)
+        self.angles = np.asarray(angles, dtype=np.float64)
+        positions = torch.as_tensor(np.asarray(positions, dtype=np.float64))
+        self.n_angles, self.n_positions = positions.shape[:2]
+        self.probe = torch.as_tensor(np.asarray(probe)).to(device=self.device, dtype=self.complex_dtype)
+        self.m = self.probe.shape[-1]
+        self.valid = None if valid is None else torch.as_tensor(np.asarray(valid, dtype=bool))
+
+        nz, _, nx = self.volume_shape
+        corners = torch.round(positions)
+        if self.valid is not None and self.valid.any():
+            corners = corners[self.valid]
+        rows, cols = corners[..., 0], corners[..., 1]
+        # Pad the projection so every window lies inside; the pad is free space.
+        self.pad_top = int(max(0, -rows.min().item()))
+        self.pad_left = int(max(0, -cols.min().item()))
+        self.pad_bottom = int(max(0, rows.max().item() + self.m - nz))
+        self.pad_right = int(max(0, cols.max().item() + self.m - nx))
+        self.padded_shape = (nz + self.pad_top + self.pad_bottom, nx + self.pad_left + self.pad_right)
+        self.positions = positions + torch.tensor([self.pad_top, self.pad_left], dtype=torch.float64)
+        if self.valid is not None:
+            # Invalid entries may hold any value; park them at the origin so they index safely.
+            self.positions[~self.valid] = 0.0
+
+        if angle_batch is None:
+            budget = batch_bytes or DEFAULT_BATCH_BYTES.get(self.device.type, DEFAULT_BATCH_BYTES["cpu"])
+            per_angle = 3 * self.n_positions * self.m**2 * self.probe.element_size()
+            angle_batch = max(1, min(self.n_angles, budget // max(per_angle, 1)))
+        self.angle_batch = int(angle_batch)
+        self.batches = [
+            slice(start, min(start + self.angle_batch, self.n_angles))
+            for start in range(0, self.n_angles, self.angle_batch)
+        ]
+        self._projectors: dict[int, ParallelProjector] = {}
+        self._ptychography: dict[int, Ptychography] = {}
+
+    # -- the operators of one batch, built on first use and kept -------------
+    def projector(self, b: int) -> ParallelProjector:
+        if b not in self._projectors:
+            self._projectors[b] = ParallelProjector(
+                self.volume_shape, self.angles[self.batches[b]], self.voxel_size_m, self.device, self.real_dtype
+            )
+        return self._projectors[b]
+
+    def ptychography(self, b: int) -> Ptychography:
+        if b not in self._ptychography:
+            batch = self.batches[b]
+            valid = None if self.valid is None else self.valid[batch]
+            self._ptychography[b] = Ptychography(self.positions[batch], self.probe, self.padded_shape, valid)
+        return self._ptychography[b]
+
+    # -- forward pieces -----------------------------------------------------------
+    def pad(self, projection: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(
+            projection, (self.pad_left, self.pad_right, self.pad_top, self.pad_bottom)
+        )
+
+    def crop(self, padded: torch.Tensor) -> torch.Tensor:
+        """Adjoint of :meth:`pad`."""
+        nz, _, nx = self.volume_shape
+        return padded[..., self.pad_top : self.pad_top + nz, self.pad_left : self.pad_left + nx]
+
+    def transmission(self, x: torch.Tensor, b: int) -> torch.Tensor:
+        """O = exp(i k R x) on the padded grid for batch ``b``, (B, H, W)."""
+        return torch.exp(1j * self.k * self.pad(self.projector(b).forward(x)))
+
+    def far_field(self, x: torch.Tensor, b: int) -> torch.Tensor:
+        """Complex far fields (B, J, M, M) of batch ``b``."""
+        return self.ptychography(b).forward(self.transmission(x, b))
+
+    def amplitudes(self, x: torch.Tensor) -> torch.Tensor:
+        """|far field| for all angles, (A, J, M, M), real dtype, on the model's device."""
+        out = torch.empty((self.n_angles, self.n_positions, self.m, self.m), dtype=self.real_dtype, device=self.device)
+        for b, batch in enumerate(self.batches):
+            out[batch] = self.far_field(x, b).abs()
+        return out
+
+    def volume(self, x) -> torch.Tensor:
+        """``x`` as a complex tensor on the model's device and precision."""
+        return torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).to(
+            device=self.device, dtype=self.complex_dtype
+        )

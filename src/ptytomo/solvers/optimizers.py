@@ -1,0 +1,126 @@
+"""Optimisers behind one interface: ``step(u) -> (u_next, cost_at_u_next_or_u)``.
+
+Each optimiser sees a problem with ``value_and_grad(u)``, ``value(u)`` and
+``project(u)`` (see :class:`ptytomo.solvers.priors.Regularised`) and keeps its
+own state in a dict that checkpoints save and restore.  Steps need no hand
+tuning except in ``gd`` (the paper's schedule, on the normalisation of
+:mod:`ptytomo.objective`) and ``adam`` (a learning rate).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import PtytomoError
+from ..objective import TARGET_LIPSCHITZ
+
+
+class Optimizer:
+    name = ""
+
+    def __init__(self, problem, **options):
+        self.problem = problem
+        self.state: dict = {}
+
+    def step(self, u: torch.Tensor) -> tuple[torch.Tensor, float]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return dict(self.state)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = dict(state)
+
+
+class GradientDescent(Optimizer):
+    """Algorithm 1 of the paper: x <- x - alpha grad; alpha <- alpha / (1 + eps n)."""
+
+    name = "gd"
+
+    def __init__(self, problem, alpha0: float = 0.01, eps: float = 1e-6, **_):
+        super().__init__(problem)
+        self.eps = eps
+        self.state = {"alpha": alpha0, "n": 0}
+
+    def step(self, u):
+        cost, grad = self.problem.value_and_grad(u)
+        u = self.problem.project(u - self.state["alpha"] * grad)
+        self.state["alpha"] /= 1 + self.eps * self.state["n"]
+        self.state["n"] += 1
+        return u, cost
+
+
+class Fista(Optimizer):
+    """Accelerated projected gradient (Beck & Teboulle 2009) with backtracking on L
+    and adaptive restart (O'Donoghue & Candes 2015): no step to tune."""
+
+    name = "fista"
+
+    def __init__(self, problem, **_):
+        super().__init__(problem)
+        self.state = {"L": TARGET_LIPSCHITZ, "t": 1.0, "t_prev": 1.0, "previous": None, "cost": math.inf}
+
+    def step(self, u):
+        s = self.state
+        momentum = (s["t_prev"] - 1) / s["t"]
+        y = self.problem.project(u + momentum * (u - s["previous"])) if momentum > 0 else u
+        cost_y, grad = self.problem.value_and_grad(y)
+        lipschitz = s["L"] * 0.8  # let the step grow again where the landscape flattens
+        while True:
+            candidate = self.problem.project(y - grad / lipschitz)
+            diff = (candidate - y).flatten()
+            decrease = float(torch.real(torch.vdot(grad.flatten(), diff)))
+            bound = cost_y + decrease + 0.5 * lipschitz * float(torch.linalg.vector_norm(diff) ** 2)
+            cost_new = self.problem.value(candidate)
+            if cost_new <= bound or lipschitz > 1e12:
+                break
+            lipschitz *= 2.0
+        if cost_new > s["cost"]:
+            # Adaptive restart: the momentum overshot, so the next step starts without it.
+            s.update(t=1.0, t_prev=1.0)
+        else:
+            s.update(t_prev=s["t"], t=(1 + math.sqrt(1 + 4 * s["t"] ** 2)) / 2)
+        s.update(L=lipschitz, previous=u, cost=cost_new)
+        return candidate, cost_new
+
+
+class Adam(Optimizer):
+    """torch.optim.Adam on (delta, beta) as one real vector, projected after each step."""
+
+    name = "adam"
+
+    def __init__(self, problem, learning_rate: float = 1e-3, **_):
+        super().__init__(problem)
+        self.learning_rate = learning_rate
+        self.parameter = None
+        self.torch_optimizer = None
+
+    def step(self, u):
+        if self.parameter is None:
+            self.parameter = torch.nn.Parameter(torch.view_as_real(u.clone()))
+            self.torch_optimizer = torch.optim.Adam([self.parameter], lr=self.learning_rate)
+            if self.state:
+                self.torch_optimizer.load_state_dict(self.state)
+        else:
+            with torch.no_grad():
+                self.parameter.copy_(torch.view_as_real(u))
+        cost, grad = self.problem.value_and_grad(u)
+        self.parameter.grad = torch.view_as_real(grad).clone()
+        self.torch_optimizer.step()
+        return self.problem.project(torch.view_as_complex(self.parameter.detach()).clone()), cost
+
+    def state_dict(self):
+        return self.torch_optimizer.state_dict() if self.torch_optimizer else dict(self.state)
+
+
+OPTIMIZERS = {cls.name: cls for cls in (GradientDescent, Fista, Adam)}
+
+
+def make_optimizer(name: str, problem, **options) -> Optimizer:
+    try:
+        cls = OPTIMIZERS[name]
+    except KeyError:
+        raise PtytomoError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}") from None
+    return cls(problem, **options)
