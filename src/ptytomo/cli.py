@@ -123,11 +123,132 @@ def run_info(args) -> int:
     return 0
 
 
+def _add_reconstruct(sub) -> None:
+    from .objective import LOSSES
+    from .reconstruct import METHODS, ReconstructOptions
+    from .solvers import OPTIMIZERS
+
+    d = ReconstructOptions()
+    p = sub.add_parser("reconstruct", help="reconstruct delta + i beta from a data file")
+    p.add_argument("data", help="data file (HDF5, FORMAT.md layout)")
+    p.add_argument("-o", "--output", required=True, help="reconstruction file to write (HDF5)")
+    p.add_argument("--method", default=d.method, choices=METHODS)
+    p.add_argument("--optimizer", default=d.optimizer, choices=tuple(OPTIMIZERS), help="default %(default)s")
+    p.add_argument("--iterations", type=_positive_int, default=d.iterations, help="iteration limit (default %(default)s)")
+    p.add_argument("--tolerance", type=float, default=d.tolerance,
+                   help="stop when the relative cost change stays below this for 3 iterations (0: never)")
+    p.add_argument("--loss", default=d.loss, choices=LOSSES, help="detector-plane cost (default %(default)s)")
+    p.add_argument("--tv-delta", type=float, default=d.tv_delta, help="TV weight on delta (default %(default)g)")
+    p.add_argument("--tv-beta", type=float, default=d.tv_beta, help="TV weight on beta (default %(default)g)")
+    p.add_argument("--allow-negative", action="store_true", help="drop the non-negativity of delta and beta")
+    p.add_argument("--alpha0", type=float, default=d.alpha0, help="gd: initial step (default %(default)g)")
+    p.add_argument("--eps", type=float, default=d.eps, help="gd: step decay (default %(default)g)")
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="adam: learning rate")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", default=d.precision, choices=("float32", "float64"))
+    p.add_argument("--angle-batch", type=int, default=d.angle_batch, help="angles per batch (0: from memory)")
+    p.add_argument("--checkpoint", default="", help="checkpoint file to write")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="iterations between checkpoints")
+    p.add_argument("--resume", default="", help="resume from this checkpoint")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_reconstruct)
+
+
+def options_from_args(args):
+    from .reconstruct import ReconstructOptions
+
+    values = {name: getattr(args, name) for name in ReconstructOptions.names() if hasattr(args, name)}
+    return ReconstructOptions(**values, nonnegative=not args.allow_negative)
+
+
+def summary_line(recon) -> str:
+    p = recon.parameters
+    text = f"{recon.method}/{p['optimizer']}: {len(recon.history['iteration'])} iterations " \
+           f"in {recon.history['time_s'][-1]:.1f} s, stopped by {p['stopped_by']}, final cost {recon.history['cost'][-1]:.4g}"
+    if "relative_rmse_delta" in p:
+        text += f"; relative RMSE delta {p['relative_rmse_delta']:.3f}, beta {p['relative_rmse_beta']:.3f}"
+    return text
+
+
+def run_reconstruct(args) -> int:
+    from .io import read_data, write_reconstruction
+    from .reconstruct import reconstruct
+
+    options = options_from_args(args)
+    options.check()
+    data = read_data(args.data)
+    recon = reconstruct(data, options, progress=not args.quiet)
+    write_reconstruction(args.output, recon)
+    print(f"wrote {args.output}: {summary_line(recon)}")
+    return 0
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="write PNG figures of a reconstruction")
+    p.add_argument("recon", help="reconstruction file")
+    p.add_argument("--data", default=None, help="data file, for the truth when it has one")
+    p.add_argument("--out", default=None, help="output folder (default: RECON_report next to the file)")
+    p.set_defaults(run=run_report)
+
+
+def run_report(args) -> int:
+    from .report import report_from_files
+
+    for path in report_from_files(args.recon, args.data, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="simulate the paper's experiment, reconstruct it jointly, write figures")
+    p.add_argument("--out", default="demo_out", help="output folder (default %(default)s)")
+    p.add_argument("--full", action="store_true", help="the paper's size: 64^3, 400 angles, step 4 (GPU advised)")
+    p.add_argument("--iterations", type=_positive_int, default=None, help="override the iteration count")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=run_demo)
+
+
+def run_demo(args) -> int:
+    from pathlib import Path
+
+    from .io import write_data, write_reconstruction
+    from .reconstruct import ReconstructOptions, reconstruct
+    from .report import write_report
+    from .simulate import SimulationConfig, simulate
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.full:
+        config = SimulationConfig(size=64, n_angles=400, step=4, device=args.device)
+        iterations = 300
+    else:
+        # Sized for a few minutes on 2 CPU cores: half the paper's voxels per edge
+        # with the paper's probe, detector and 73 % overlap.
+        config = SimulationConfig(size=32, n_angles=60, step=4, device=args.device)
+        iterations = 60
+    config.seed = 0
+    print(f"simulating the woven-wire phantom: {config.size}^3 voxels, {config.n_angles} angles, step {config.step} px")
+    data = simulate(config, progress=not args.quiet)
+    write_data(out / "data.h5", data)
+    options = ReconstructOptions(iterations=args.iterations or iterations, device=args.device)
+    recon = reconstruct(data, options, progress=not args.quiet)
+    write_reconstruction(out / "recon.h5", recon)
+    for path in write_report(recon, out, truth=data.truth, title="ptytomo demo: joint reconstruction"):
+        print(f"wrote {path}")
+    print(summary_line(recon))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ptytomo", description="Joint ptycho-tomographic reconstruction.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_demo(sub)
     _add_simulate(sub)
     _add_info(sub)
+    _add_reconstruct(sub)
+    _add_report(sub)
     return parser
 
 

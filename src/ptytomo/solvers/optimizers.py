@@ -86,6 +86,70 @@ class Fista(Optimizer):
         return candidate, cost_new
 
 
+class Lbfgs(Optimizer):
+    """Limited-memory BFGS (Nocedal & Wright, Alg. 7.4) with a projected backtracking
+    (Armijo) line search that starts from the unit quasi-Newton step: no step to tune.
+
+    Written out rather than wrapping torch.optim.LBFGS so that each call is one
+    iteration with a checkpointable state and so the non-negativity projection
+    is part of the search path; curvature pairs with s.y <= 0 are skipped.
+    """
+
+    name = "lbfgs"
+
+    def __init__(self, problem, history_size: int = 10, **_):
+        super().__init__(problem)
+        self.history_size = history_size
+        self.state = {"s": [], "y": [], "grad": None, "cost": None}
+
+    def direction(self, grad: torch.Tensor) -> torch.Tensor:
+        s_list, y_list = self.state["s"], self.state["y"]
+        q = grad.clone()
+        alphas = []
+        for s, y in zip(reversed(s_list), reversed(y_list)):
+            rho = 1.0 / _dot(y, s)
+            alpha = rho * _dot(s, q)
+            q -= alpha * y
+            alphas.append((rho, alpha))
+        if s_list:
+            q *= _dot(s_list[-1], y_list[-1]) / _dot(y_list[-1], y_list[-1])
+        else:
+            q /= TARGET_LIPSCHITZ  # first step: 1/L of the normalised problem
+        for (s, y), (rho, alpha) in zip(zip(s_list, y_list), reversed(alphas)):
+            q += (alpha - rho * _dot(y, q)) * s
+        return -q
+
+    def step(self, u):
+        st = self.state
+        if st["grad"] is None:
+            st["cost"], st["grad"] = self.problem.value_and_grad(u)
+        cost, grad = st["cost"], st["grad"]
+        direction = self.direction(grad)
+        if _dot(grad, direction) >= 0:  # not a descent direction: forget the curvature
+            st["s"], st["y"] = [], []
+            direction = self.direction(grad)
+        t = 1.0
+        for _ in range(30):
+            candidate = self.problem.project(u + t * direction)
+            new_cost, new_grad = self.problem.value_and_grad(candidate)
+            if new_cost <= cost + 1e-4 * _dot(grad, candidate - u):
+                break
+            t *= 0.5
+        else:
+            return u, cost  # no decrease possible along any step: a stationary point
+        s, y = candidate - u, new_grad - grad
+        if _dot(s, y) > 1e-12 * _dot(s, s) ** 0.5 * _dot(y, y) ** 0.5:
+            st["s"] = (st["s"] + [s])[-self.history_size :]
+            st["y"] = (st["y"] + [y])[-self.history_size :]
+        st.update(cost=new_cost, grad=new_grad)
+        return candidate, new_cost
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Real inner product of complex volumes viewed as (delta, beta) pairs."""
+    return float(torch.real(torch.vdot(a.flatten(), b.flatten())))
+
+
 class Adam(Optimizer):
     """torch.optim.Adam on (delta, beta) as one real vector, projected after each step."""
 
@@ -115,7 +179,7 @@ class Adam(Optimizer):
         return self.torch_optimizer.state_dict() if self.torch_optimizer else dict(self.state)
 
 
-OPTIMIZERS = {cls.name: cls for cls in (GradientDescent, Fista, Adam)}
+OPTIMIZERS = {cls.name: cls for cls in (GradientDescent, Fista, Lbfgs, Adam)}
 
 
 def make_optimizer(name: str, problem, **options) -> Optimizer:

@@ -43,7 +43,7 @@ class Regularised:
                 self.tv_delta * total_variation(w.real) + self.tv_beta * total_variation(w.imag)
             )
             grad = torch.autograd.grad(value, w)[0] if need_grad else None  # = d/dRe + i d/dIm
-        return float(value), grad
+        return float(value.detach()), grad
 
     def value_and_grad(self, u: torch.Tensor, need_grad: bool = True):
         cost, grad = self.objective.value_and_grad(u, need_grad)

@@ -1,0 +1,370 @@
+"""PNG figures of a reconstruction: central slices and convergence history.
+
+``write_report`` draws with :class:`matplotlib.figure.Figure` directly, never
+through pyplot, so it changes no global matplotlib state (backend, current
+figure, open figures) and works headless.  Each PNG is written under a
+temporary name in the output folder and moved into place with ``os.replace``,
+so an interrupted report never leaves a half-written image behind.
+
+Relative RMSE follows FORMAT.md: ``sqrt(mean((x_hat - x)^2)) / sqrt(mean(x^2))``
+over the whole volume, for delta and beta separately.  It is computed here
+with numpy in z-slabs (the same numbers as :mod:`ptytomo.metrics`, without
+importing torch or doubling the volume in memory).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from contextlib import suppress
+from pathlib import Path
+
+import h5py
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from .errors import PtytomoError
+from .io import DATA_FORMAT, TRUTH, Reconstruction, read_reconstruction
+
+SLICES_NAME = "slices.png"
+CONVERGENCE_NAME = "convergence.png"
+
+_QUANTITIES = (("delta", "real"), ("beta", "imag"))
+_CMAP = "gray"
+_DPI = 110
+
+
+# --------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------
+
+
+def write_report(recon: Reconstruction, out_dir, truth: np.ndarray | None = None, title: str = "") -> list[Path]:
+    """Write ``slices.png`` and ``convergence.png`` into ``out_dir``; return their paths.
+
+    ``truth`` is an optional complex ``(Nz, Ny, Nx)`` volume (delta + i*beta; a
+    real array means beta = 0).  With it, the slice figure shows the truth's
+    slices beside the reconstruction's with the same colour limits, and the
+    relative RMSE of delta and beta; the convergence figure divides the
+    history's rmse columns by ``sqrt(mean(truth^2))``.
+    """
+    volume = np.asarray(recon.volume)
+    if volume.ndim != 3:
+        raise PtytomoError(f"report: reconstruction volume has shape {volume.shape}, expected (Nz, Ny, Nx)")
+    if truth is not None:
+        truth = np.asarray(truth)
+        if truth.shape != volume.shape:
+            raise PtytomoError(
+                f"report: truth has shape {truth.shape}, expected the reconstruction's {volume.shape}"
+            )
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PtytomoError(f"{out}: cannot create the report folder ({exc.strerror or exc})") from None
+    if not out.is_dir():
+        raise PtytomoError(f"{out}: exists and is not a folder")
+
+    norms = _truth_norms(truth) if truth is not None else None
+    errors = _error_labels(volume, truth, norms) if truth is not None else None
+
+    paths = [
+        _save_atomically(_slices_figure(volume, truth, errors, title), out / SLICES_NAME),
+        _save_atomically(_convergence_figure(recon.history, norms, title), out / CONVERGENCE_NAME),
+    ]
+    return paths
+
+
+def report_from_files(recon_path, data_path=None, out_dir=None) -> list[Path]:
+    """Read a reconstruction file (and the truth of a data file) and write its report.
+
+    The truth is ``/truth/volume`` of ``data_path`` when given and present;
+    only that dataset is read, not the intensities.  ``out_dir`` defaults to
+    ``<recon stem>_report`` next to the reconstruction file.
+    """
+    recon_path = Path(recon_path)
+    recon = read_reconstruction(recon_path)
+    truth = None
+    if data_path is not None:
+        truth = _read_truth(Path(data_path))
+        if truth is not None and truth.shape != np.shape(recon.volume):
+            raise PtytomoError(
+                f"{data_path}: {TRUTH} has shape {truth.shape}, but the reconstruction "
+                f"{recon_path.name} has volume shape {np.shape(recon.volume)}"
+            )
+    if out_dir is None:
+        out_dir = recon_path.with_name(recon_path.stem + "_report")
+    title = f"{recon_path.name} ({recon.method})"
+    return write_report(recon, out_dir, truth=truth, title=title)
+
+
+# --------------------------------------------------------------------------
+# Numbers
+# --------------------------------------------------------------------------
+
+
+def _part(array: np.ndarray, attr: str) -> np.ndarray:
+    """Real or imaginary part; a real array has imaginary part zero."""
+    if attr == "imag" and not np.iscomplexobj(array):
+        return np.zeros(array.shape, dtype=np.float32)
+    return getattr(array, attr)
+
+
+def _mean_square(a: np.ndarray, b: np.ndarray | None = None) -> float:
+    """mean((a - b)^2) (or mean(a^2)) in float64, one z-slab at a time."""
+    total = 0.0
+    for z in range(a.shape[0]):
+        slab = np.asarray(a[z], dtype=np.float64)
+        if b is not None:
+            slab = slab - np.asarray(b[z], dtype=np.float64)
+        total += float(np.sum(slab * slab))
+    return total / a.size if a.size else float("nan")
+
+
+def _truth_norms(truth: np.ndarray) -> dict[str, float]:
+    """sqrt(mean(truth^2)) of delta and beta."""
+    return {name: float(np.sqrt(_mean_square(_part(truth, attr)))) for name, attr in _QUANTITIES}
+
+
+def _error_labels(volume, truth, norms) -> dict[str, str]:
+    """"relative RMSE 0.123" of delta and beta, or the absolute RMSE where that truth is all zero.
+
+    (Relative RMSE is infinite there, FORMAT.md's definition; a pure-phase
+    truth has beta = 0, and the absolute number is the useful one then.)
+    NaN in the volume (a diverged run) gives "nan".
+    """
+    labels = {}
+    for name, attr in _QUANTITIES:
+        error = float(np.sqrt(_mean_square(_part(volume, attr), _part(truth, attr))))
+        if norms[name] > 0:
+            labels[name] = f"relative RMSE {_format_error(error / norms[name])}"
+        else:
+            labels[name] = f"RMSE {_format_error(error)} (truth is zero)"
+    return labels
+
+
+def _limits(arrays) -> tuple[float, float]:
+    """Shared colour limits: min and max of the finite values of all arrays."""
+    finite = [a[np.isfinite(a)] for a in arrays]
+    finite = [a for a in finite if a.size]
+    if not finite:
+        return 0.0, 1.0
+    low = float(min(a.min() for a in finite))
+    high = float(max(a.max() for a in finite))
+    if not high > low:  # constant image: a small symmetric range around the value
+        pad = abs(low) * 1e-3 or 1.0
+        low, high = low - pad, high + pad
+    return low, high
+
+
+def _central_slices(volume: np.ndarray, attr: str) -> list[tuple[str, np.ndarray, str, str]]:
+    """(label, 2-D slice, horizontal axis, vertical axis) of the three central planes."""
+    nz, ny, nx = volume.shape
+    part = _part  # short name for the three lines below
+    return [
+        (f"xy (z = {nz // 2})", np.asarray(part(volume[nz // 2, :, :], attr), float), "x", "y"),
+        (f"xz (y = {ny // 2})", np.asarray(part(volume[:, ny // 2, :], attr), float), "x", "z"),
+        (f"yz (x = {nx // 2})", np.asarray(part(volume[:, :, nx // 2], attr), float), "y", "z"),
+    ]
+
+
+def _format_error(value: float) -> str:
+    return f"{value:.3g}" if np.isfinite(value) else str(value)
+
+
+# --------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------
+
+
+def _slices_figure(volume, truth, errors, title: str) -> Figure:
+    rows = []  # (row label, slices, colour limits key)
+    for name, attr in _QUANTITIES:
+        recon_label = name if truth is None else f"{name} recon"
+        rows.append((name, recon_label, _central_slices(volume, attr), True))
+        if truth is not None:
+            rows.append((name, f"{name} truth", _central_slices(truth, attr), False))
+    limits = {
+        name: _limits([image for row_name, _, slices, _ in rows if row_name == name for _, image, _, _ in slices])
+        for name, _ in _QUANTITIES
+    }
+
+    # Fixed margins (in inches) instead of a layout engine: constrained layout
+    # costs seconds per figure and these panels never need it.
+    heading = title or ""
+    if errors is not None:
+        summary = ", ".join(f"{name}: {errors[name]}" for name, _ in _QUANTITIES)
+        heading = f"{heading}\n{summary}" if heading else summary
+    row_height, footer = 3.0, 0.5
+    header = 0.6 + 0.3 * (heading.count("\n") + 1 if heading else 0)
+    height = row_height * len(rows) + header + footer
+    fig = Figure(figsize=(12, height), dpi=_DPI)
+    grid = fig.add_gridspec(
+        len(rows),
+        4,
+        width_ratios=(1, 1, 1, 0.05),
+        left=0.06,
+        right=0.93,
+        bottom=footer / height,
+        top=1 - header / height,
+        wspace=0.35,
+        hspace=0.4,
+    )
+    for r, (name, label, slices, is_recon) in enumerate(rows):
+        low, high = limits[name]
+        image = None
+        for c, (plane, data, xlabel, ylabel) in enumerate(slices):
+            ax = fig.add_subplot(grid[r, c])
+            image = ax.imshow(data, cmap=_CMAP, vmin=low, vmax=high, interpolation="nearest")
+            panel_title = f"{label}, {plane}"
+            if errors is not None and is_recon:
+                panel_title += f"\n{errors[name]}"
+            ax.set_title(panel_title, fontsize=10)
+            ax.set_xlabel(f"{xlabel} (voxels)", fontsize=8)
+            ax.set_ylabel(f"{ylabel} (voxels)", fontsize=8)
+            ax.xaxis.set_major_locator(MaxNLocator(5, integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(5, integer=True))
+            ax.tick_params(labelsize=7)
+        colorbar = fig.colorbar(image, cax=fig.add_subplot(grid[r, 3]))
+        colorbar.set_label(name)
+        colorbar.ax.tick_params(labelsize=7)
+
+    if heading:
+        fig.suptitle(heading, y=1 - 0.1 / height, va="top")
+    return fig
+
+
+def _column(history: dict, name: str) -> np.ndarray | None:
+    if name not in history:
+        return None
+    return np.asarray(history[name], dtype=np.float64).reshape(-1)
+
+
+def _plot_curves(ax, x, curves, marker) -> None:
+    """Plot (label, y, colour) curves on a log y axis, or linear when nothing is positive.
+
+    On the log axis, non-positive and infinite values (a diverged run) become
+    gaps rather than lines clipped to the bottom of the axis.
+    """
+    log = any(np.any(np.isfinite(y) & (y > 0)) for _, y, _ in curves)
+    for label, y, colour in curves:
+        if log:
+            y = np.where(np.isfinite(y) & (y > 0), y, np.nan)
+        ax.plot(x, y, label=label, color=colour, marker=marker, markersize=3)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _convergence_figure(history: dict, norms: dict | None, title: str) -> Figure:
+    history = history or {}
+    cost = _column(history, "cost")
+    if cost is None:
+        cost = np.zeros(0)
+    iteration = _column(history, "iteration")
+    if iteration is None or iteration.shape != cost.shape:
+        iteration = np.arange(cost.size, dtype=np.float64)
+    marker = "o" if cost.size <= 30 else None
+
+    rmse_curves = []
+    kinds = set()  # "relative", "absolute"
+    for index, (name, _) in enumerate(_QUANTITIES):
+        values = _column(history, f"rmse_{name}")
+        if values is None or values.shape != iteration.shape:
+            continue
+        norm = None if norms is None else norms[name]
+        if norm is not None and norm > 0:
+            values, label = values / norm, f"{name} (relative)"
+            kinds.add("relative")
+        else:
+            label = f"{name} (absolute)" if norms is None else f"{name} (absolute: truth is zero)"
+            kinds.add("absolute")
+        rmse_curves.append((label, values, f"C{index + 1}"))
+
+    header = 0.45 + (0.3 if title else 0.0)
+    height = 4.2 + header
+    fig = Figure(figsize=(12 if rmse_curves else 7, height), dpi=_DPI)
+    axes = fig.subplots(1, 2 if rmse_curves else 1, squeeze=False)[0]
+    fig.subplots_adjust(
+        left=0.07 if rmse_curves else 0.11, right=0.97, bottom=0.12, top=1 - header / height, wspace=0.25
+    )
+
+    ax = axes[0]
+    _plot_curves(ax, iteration, [("cost", cost, "C0")], marker)
+    ax.set_ylabel("cost")
+    cost_title = "cost"
+    time_s = _column(history, "time_s")
+    if time_s is not None and time_s.size and np.isfinite(time_s[-1]):
+        cost_title += f" (total {time_s[-1]:.3g} s)"
+    ax.set_title(cost_title)
+    if not cost.size:
+        ax.text(0.5, 0.5, "empty history", ha="center", va="center", transform=ax.transAxes)
+
+    if rmse_curves:
+        ax = axes[1]
+        _plot_curves(ax, iteration, rmse_curves, marker)
+        if norms is None:
+            ax.set_ylabel("RMSE")
+            ax.set_title("RMSE (absolute; no truth given)")
+        elif kinds == {"relative"}:
+            ax.set_ylabel("relative RMSE")
+            ax.set_title("relative RMSE vs truth")
+        else:
+            ax.set_ylabel("RMSE")
+            ax.set_title("RMSE vs truth (relative where the truth is non-zero)")
+        ax.legend(fontsize=8)
+
+    if title:
+        fig.suptitle(title, y=1 - 0.1 / height, va="top")
+    return fig
+
+
+# --------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------
+
+
+def _save_atomically(fig: Figure, path: Path) -> Path:
+    """Save ``fig`` as PNG under a temporary name in the target folder, then os.replace."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        fig.savefig(temporary, format="png", dpi=_DPI)
+        os.replace(temporary, path)
+    except BaseException as exc:
+        with suppress(OSError):
+            os.remove(temporary)
+        if isinstance(exc, OSError):
+            raise PtytomoError(f"{path}: cannot write the figure ({exc.strerror or exc})") from None
+        raise
+    return path
+
+
+def _read_truth(path: Path) -> np.ndarray | None:
+    """``/truth/volume`` of a data file as complex64, or None when the file has none.
+
+    Reads only that dataset (a data file's intensities can be many GB).
+    """
+    source = os.fspath(path)
+    if not os.path.isfile(source):
+        raise PtytomoError(f"{source}: file not found" if not os.path.exists(source) else f"{source}: not a file")
+    try:
+        handle = h5py.File(source, "r")
+    except OSError as exc:
+        raise PtytomoError(f"{source}: cannot open the HDF5 file ({exc})") from None
+    with handle:
+        found = handle.attrs.get("format")
+        if isinstance(found, bytes):
+            found = found.decode("utf-8", "replace")
+        if found != DATA_FORMAT:
+            raise PtytomoError(f"{source}: root attribute format is {found!r}, expected {DATA_FORMAT!r}")
+        dataset = handle.get(TRUTH)
+        if dataset is None:
+            return None
+        if not isinstance(dataset, h5py.Dataset) or dataset.dtype.kind not in "fiuc" or dataset.ndim != 3:
+            raise PtytomoError(f"{source}: {TRUTH} is not a 3-D numeric dataset")
+        try:
+            return np.asarray(dataset[()]).astype(np.complex64, copy=False)
+        except OSError as exc:
+            raise PtytomoError(f"{source}: cannot read {TRUTH} ({exc})") from None

@@ -1,0 +1,192 @@
+"""The joint cost, its gradient, the optimisers and the shared iteration loop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ptytomo import SimulationConfig, simulate
+from ptytomo.cli import main
+from ptytomo.io import read_reconstruction, write_data
+from ptytomo.objective import TARGET_LIPSCHITZ, detector_residual
+from ptytomo.reconstruct import ReconstructOptions, build_objective, reconstruct
+from ptytomo.solvers import Regularised, iterate, load_checkpoint, make_optimizer
+from ptytomo.solvers.priors import total_variation
+
+
+@pytest.fixture(scope="module")
+def tiny_noisy():
+    """8^3 volume, 3 angles, with padding entries and a dead pixel: every weight path is used."""
+    config = SimulationConfig(size=8, n_angles=3, step=3, detector_size=9, probe_diameter=5,
+                              noise="poisson", photons=1e3, phantom="ellipsoids", ellipsoids=3)
+    data = simulate(config, progress=False)
+    data.valid = np.ones(data.positions.shape[:2], dtype=bool)
+    data.valid[1, ::4] = False
+    data.intensities[1, ::4] = np.nan  # padding may hold anything
+    data.mask = np.ones((9, 9), dtype=bool)
+    data.mask[0, 3] = False
+    return data
+
+
+@pytest.fixture(scope="module")
+def small():
+    return simulate(SimulationConfig(size=16, n_angles=24, step=4, detector_size=31, probe_diameter=9), progress=False)
+
+
+def random_u(shape, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(shape, generator=g, dtype=torch.float64) * 0.05
+            + 1j * torch.rand(shape, generator=g, dtype=torch.float64) * 0.01)
+
+
+@pytest.mark.parametrize("loss", ["amplitude", "intensity", "poisson"])
+def test_gradient_matches_autograd_and_finite_differences(tiny_noisy, loss):
+    objective = build_objective(tiny_noisy, ReconstructOptions(precision="float64", loss=loss))
+    model = objective.model
+    u = random_u(model.volume_shape)
+    cost, grad = objective.value_and_grad(u)
+    assert np.isfinite(cost)
+
+    w = u.clone().requires_grad_(True)
+    total = 0
+    for b, batch in enumerate(model.batches):
+        field = model.far_field(w / objective.scaling.to_u, b)
+        total = total + detector_residual(loss, field, objective.amplitudes[batch], objective._batch_weight(batch))[0]
+    reference = torch.autograd.grad(total * objective.scaling.cost, w)[0]
+    assert float(total.detach()) * objective.scaling.cost == pytest.approx(cost, rel=1e-12)
+    assert torch.linalg.vector_norm(reference - grad) / torch.linalg.vector_norm(reference) < 1e-10
+
+    direction = random_u(model.volume_shape, seed=2) - 0.02
+    h = 1e-6
+    finite = (objective.value(u + h * direction) - objective.value(u - h * direction)) / (2 * h)
+    analytic = float(torch.real(torch.vdot(grad.flatten(), direction.flatten())))
+    assert abs(finite - analytic) <= 1e-4 * abs(analytic)
+
+
+def test_padding_and_dead_pixels_take_no_part(tiny_noisy):
+    objective = build_objective(tiny_noisy, ReconstructOptions(precision="float64"))
+    u = random_u(objective.model.volume_shape)
+    before = objective.value(u)
+    objective.amplitudes[1, ::4] = 1e6  # invalid frames
+    objective.amplitudes[:, :, 0, 3] = 1e6  # dead pixel
+    assert objective.value(u) == pytest.approx(before, rel=1e-12)
+
+
+def test_tv_gradient_matches_finite_differences(tiny_noisy):
+    objective = build_objective(tiny_noisy, ReconstructOptions(precision="float64"))
+    problem = Regularised(objective, tv_delta=0.3, tv_beta=0.7, nonnegative=False)
+    u = random_u(objective.model.volume_shape)
+    _, grad = problem.prior(u, need_grad=True)
+    direction = random_u(u.shape, seed=3)
+    h = 1e-7
+    finite = (problem.prior(u + h * direction, False)[0] - problem.prior(u - h * direction, False)[0]) / (2 * h)
+    assert finite == pytest.approx(float(torch.real(torch.vdot(grad.flatten(), direction.flatten()))), rel=1e-5)
+    assert float(total_variation(torch.ones(4, 4, 4, dtype=torch.float64))) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_normalisation_sets_the_lipschitz_constant(small):
+    objective = build_objective(small, ReconstructOptions(precision="float64"))
+    assert objective.lipschitz_at_zero() * objective.scaling.cost == pytest.approx(TARGET_LIPSCHITZ, rel=1e-6)
+    assert objective.scaling.to_u == pytest.approx(objective.model.k * small.geometry.voxel_size_m)
+    # The truth fits noise-free data (no inverse crime) to float precision.
+    truth = torch.from_numpy(small.truth).to(torch.complex128) * objective.scaling.to_u
+    assert objective.value(truth) < 1e-9 * objective.value(torch.zeros_like(truth))
+
+
+def test_gd_follows_algorithm_1(small):
+    objective = build_objective(small, ReconstructOptions())
+    optimizer = make_optimizer("gd", Regularised(objective, 0, 0, False), alpha0=0.01, eps=1e-3)
+    u = torch.zeros(objective.model.volume_shape, dtype=torch.complex64)
+    _, grad = objective.value_and_grad(u)
+    u1, _ = optimizer.step(u)
+    assert torch.allclose(u1, -0.01 * grad)
+    optimizer.step(u1)
+    optimizer.step(u1)
+    # alpha(n+1) = alpha(n) / (1 + eps n): n = 0, 1, 2
+    assert optimizer.state["alpha"] == pytest.approx(0.01 / (1 + 0) / (1 + 1e-3) / (1 + 2e-3))
+
+
+@pytest.mark.parametrize("name", ["gd", "fista", "adam"])
+def test_every_optimizer_decreases_the_cost_and_the_error(small, name):
+    recon = reconstruct(small, ReconstructOptions(optimizer=name, iterations=12, tolerance=0), progress=False)
+    cost = recon.history["cost"]
+    assert cost[-1] < 0.5 * cost[0]
+    assert recon.history["rmse_delta"][-1] < recon.history["rmse_delta"][0]
+    assert recon.parameters["relative_rmse_delta"] < 0.9
+
+
+def test_nonnegativity_holds(small):
+    recon = reconstruct(small, ReconstructOptions(iterations=5, tolerance=0), progress=False)
+    assert recon.volume.real.min() >= 0 and recon.volume.imag.min() >= 0
+
+
+def test_noise_free_quality_n32_step4_90_angles():
+    """The issue's bound: N = 32, step 4, 90 angles, noise-free, delta <= 3 %, beta <= 10 %."""
+    data = simulate(SimulationConfig(size=32, n_angles=90, step=4), progress=False)
+    recon = reconstruct(data, ReconstructOptions(iterations=150, tolerance=0), progress=False)
+    assert recon.parameters["relative_rmse_delta"] <= 0.03
+    assert recon.parameters["relative_rmse_beta"] <= 0.10
+
+
+def test_resume_gives_the_uninterrupted_result(small, tmp_path):
+    straight = reconstruct(small, ReconstructOptions(iterations=6, tolerance=0), progress=False)
+    checkpoint = tmp_path / "run.ckpt"
+    reconstruct(small, ReconstructOptions(iterations=3, tolerance=0, checkpoint=str(checkpoint), checkpoint_every=1),
+                progress=False)
+    assert load_checkpoint(checkpoint)["iteration"] == 3
+    resumed = reconstruct(small, ReconstructOptions(iterations=6, tolerance=0, resume=str(checkpoint)), progress=False)
+    np.testing.assert_array_equal(resumed.volume, straight.volume)
+    np.testing.assert_array_equal(resumed.history["cost"], straight.history["cost"])
+    np.testing.assert_array_equal(resumed.history["iteration"], np.arange(1, 7))
+
+
+class Interrupting:
+    """Wraps an optimiser and raises KeyboardInterrupt (as Ctrl-C does) on call ``at``."""
+
+    def __init__(self, inner, at):
+        self.inner, self.at, self.calls = inner, at, 0
+
+    def step(self, u):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return self.inner.step(u)
+
+    def state_dict(self):
+        return self.inner.state_dict()
+
+
+def test_ctrl_c_keeps_what_it_had(small, tmp_path):
+    objective = build_objective(small, ReconstructOptions())
+    optimizer = Interrupting(make_optimizer("fista", Regularised(objective)), at=4)
+    u0 = torch.zeros(objective.model.volume_shape, dtype=torch.complex64)
+    result = iterate(optimizer, u0, 10, objective.scaling.to_u, checkpoint_path=tmp_path / "c.ckpt", progress=False)
+    assert result.stopped_by == "interrupted"
+    assert len(result.history) == 3
+    assert load_checkpoint(tmp_path / "c.ckpt")["iteration"] == 3
+    assert torch.linalg.vector_norm(result.u) > 0
+
+
+def test_tolerance_stops_early(small):
+    recon = reconstruct(small, ReconstructOptions(optimizer="gd", iterations=200, tolerance=0.5), progress=False)
+    assert recon.parameters["stopped_by"] == "tolerance"
+    assert len(recon.history["iteration"]) < 200
+
+
+def test_cli_reconstruct_and_bad_options(small, tmp_path, capsys):
+    data_path = tmp_path / "d.h5"
+    write_data(data_path, small)
+    out = tmp_path / "r.h5"
+    assert main(["reconstruct", str(data_path), "-o", str(out), "--iterations", "3", "--quiet"]) == 0
+    recon = read_reconstruction(out)
+    assert recon.volume.shape == small.truth.shape
+    assert len(recon.history["cost"]) == 3 and "rmse_beta" in recon.history
+    assert recon.parameters["optimizer"] == "fista"
+    capsys.readouterr()
+    assert main(["reconstruct", str(data_path), "-o", str(out), "--resume", str(tmp_path / "none.ckpt")]) == 2
+    assert "checkpoint" in capsys.readouterr().err
+    assert main(["reconstruct", str(data_path), "-o", str(out), "--checkpoint-every", "2"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["reconstruct", str(data_path), "-o", str(out), "--optimizer", "bogus"])
+    assert exc.value.code == 2
