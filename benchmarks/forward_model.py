@@ -1,8 +1,7 @@
 """Forward-model benchmark: one forward pass and one forward+adjoint (cost gradient) pass
 of JointModel for N = 64, on CPU and CUDA.
 
-    python benchmarks/forward_model.py [--device cpu|cuda|all] [--angles 100 400]
-                                       [--steps 4 10] [--repeats R] [--quick]
+    python benchmarks/forward_model.py [--device cpu|cuda|all] [--repeats R] [--quick]
 
 Each case runs in its own process.  Times: median of R repetitions after one warm-up
 (R from a time budget unless --repeats; CUDA >= 20, synchronised).  Peak memory covers
@@ -16,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import platform
 import resource
 import shlex
@@ -36,7 +36,6 @@ CPU_BUDGET_S, CPU_SINGLE_RUN_S, CUDA_MIN_REPEATS = 15.0, 120.0, 20  # budget per
 
 
 def proc_field(path: str, key: str, default: str) -> str:
-    """``key: value`` from a /proc file, or ``default`` off Linux."""
     try:
         with open(path) as f:
             return next(line.split(":", 1)[1].strip() for line in f if line.startswith(key))
@@ -99,15 +98,16 @@ def run_case(device: str, n_angles: int, step: int, repeats: int | None) -> dict
     t_fwd, n_fwd = timed(forward, device, repeats)
     t_grad, n_grad = timed(lambda: objective.value_and_grad(u), device, repeats)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else cpu_peak_mib()
+    load = os.getloadavg()[0]  # 1-min average, our own threads included
 
     # cost@truth: the timed objective path against far_field, both on the (normalised) probe
     truth = model.amplitudes(x_true)
     objective.amplitudes = truth
     cost = objective.value(u) / objective.scaling.cost
     norm = sum(float(truth[batch].double().pow(2).sum()) for batch in model.batches)
-    return dict(N=N, angles=n_angles, step=step, frames=positions.shape[0] * positions.shape[1], device=device,
-                threads=torch.get_num_threads(), batch=model.angle_batch, forward=t_fwd, grad=t_grad,
-                reps=f"{n_fwd}/{n_grad}", peak=peak, cost=cost / norm)
+    return dict(N=N, angles=n_angles, step=step, frames=len(positions) * positions.shape[1], device=device,
+                threads=torch.get_num_threads(), batch=model.angle_batch, reps=f"{n_fwd}/{n_grad}",
+                forward=t_fwd, grad=t_grad, peak=peak, cost=cost / norm, load=load)
 
 
 def main() -> None:
@@ -123,7 +123,7 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     if args.device == "cuda" and not cuda:
         parser.error("CUDA requested but torch.cuda.is_available() is False")
-    devices = ["cpu", "cuda"] if args.device == "all" and cuda else [args.device if args.device != "all" else "cpu"]
+    devices = {"all": ["cpu", "cuda"] if cuda else ["cpu"], "cpu": ["cpu"], "cuda": ["cuda"]}[args.device]
 
     print("$ python " + shlex.join(sys.argv))
     cpu = proc_field("/proc/cpuinfo", "model name", platform.machine())
@@ -133,17 +133,17 @@ def main() -> None:
                ("frames", "frames", 7, "d"), ("device", "device", 6, "s"), ("threads", "threads", 7, "d"),
                ("batch", "batch", 5, "d"), ("reps", "reps f/g", 8, "s"), ("forward", "forward s", 10, ".3f"),
                ("grad", "fwd+adj s", 10, ".3f"), ("peak", "peak MiB (CPU: max RSS)", 23, ".0f"),
-               ("cost", "cost@truth", 10, ".1e")]
+               ("cost", "cost@truth", 10, ".1e"), ("load", "load1", 5, ".1f")]
     print("  ".join(f"{name:>{width}}" for _, name, width, _ in columns), flush=True)
     for device in devices:
         for n_angles in args.angles:
             for step in args.steps:
-                # a fresh process per case: its peak memory is its own
                 with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
                     row = pool.submit(run_case, device, n_angles, step, args.repeats).result()
                 print("  ".join(f"{row[key]:>{width}{fmt}}" for key, _, width, fmt in columns), flush=True)
-    print("batch = default angle batch; reps f/g = timed repetitions (forward / fwd+adj) after one warm-up,"
-          " 0 = warm-up alone (over 2 min)")
+    print("batch: default angle batch; reps f/g: timed repetitions (forward / fwd+adj) after one warm-up,"
+          " 0 = warm-up alone (> 2 min); load1: 1-min load after timing (> threads: CPU shared)")
+
 
 if __name__ == "__main__":
     main()

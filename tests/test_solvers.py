@@ -107,7 +107,7 @@ def test_gd_follows_algorithm_1(small):
     assert optimizer.state["alpha"] == pytest.approx(0.01 / (1 + 0) / (1 + 1e-3) / (1 + 2e-3))
 
 
-@pytest.mark.parametrize("name", ["gd", "fista", "adam"])
+@pytest.mark.parametrize("name", ["gd", "fista", "lbfgs", "adam"])
 def test_every_optimizer_decreases_the_cost_and_the_error(small, name):
     recon = reconstruct(small, ReconstructOptions(optimizer=name, iterations=12, tolerance=0), progress=False)
     cost = recon.history["cost"]
@@ -122,9 +122,12 @@ def test_nonnegativity_holds(small):
 
 
 def test_noise_free_quality_n32_step4_90_angles():
-    """The issue's bound: N = 32, step 4, 90 angles, noise-free, delta <= 3 %, beta <= 10 %."""
-    data = simulate(SimulationConfig(size=32, n_angles=90, step=4), progress=False)
-    recon = reconstruct(data, ReconstructOptions(iterations=150, tolerance=0), progress=False)
+    """The issue's bound: N = 32, step 4, 90 angles, noise-free, delta <= 3 %, beta <= 10 %, default options.
+
+    A 31 px detector (the paper's 15 px probe) keeps the test's run time down.
+    """
+    data = simulate(SimulationConfig(size=32, n_angles=90, step=4, detector_size=31), progress=False)
+    recon = reconstruct(data, ReconstructOptions(iterations=40, tolerance=0), progress=False)
     assert recon.parameters["relative_rmse_delta"] <= 0.03
     assert recon.parameters["relative_rmse_beta"] <= 0.10
 
@@ -182,7 +185,7 @@ def test_cli_reconstruct_and_bad_options(small, tmp_path, capsys):
     recon = read_reconstruction(out)
     assert recon.volume.shape == small.truth.shape
     assert len(recon.history["cost"]) == 3 and "rmse_beta" in recon.history
-    assert recon.parameters["optimizer"] == "fista"
+    assert recon.parameters["optimizer"] == ReconstructOptions().optimizer
     capsys.readouterr()
     assert main(["reconstruct", str(data_path), "-o", str(out), "--resume", str(tmp_path / "none.ckpt")]) == 2
     assert "checkpoint" in capsys.readouterr().err
@@ -190,3 +193,17 @@ def test_cli_reconstruct_and_bad_options(small, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["reconstruct", str(data_path), "-o", str(out), "--optimizer", "bogus"])
     assert exc.value.code == 2
+
+
+def test_ramp_preconditioner_is_symmetric_positive_definite():
+    from ptytomo.solvers.preconditioner import RampFilter
+
+    ramp = RampFilter((3, 10, 12), "cpu", torch.complex128)
+    v, w = random_u((3, 10, 12), seed=5), random_u((3, 10, 12), seed=6) - 0.02
+    assert complex(torch.vdot(v.flatten(), ramp(w).flatten())) == pytest.approx(
+        complex(torch.vdot(ramp(v).flatten(), w.flatten())), rel=1e-12)
+    assert float(torch.real(torch.vdot(v.flatten(), ramp(v).flatten()))) > 0
+    # High frequencies pass more strongly than the mean: that is the point of the ramp.
+    checker = torch.ones(1, 10, 12, dtype=torch.complex128) * (-1) ** (torch.arange(10)[:, None] + torch.arange(12))
+    flat = torch.ones(1, 10, 12, dtype=torch.complex128)
+    assert torch.linalg.vector_norm(ramp(checker)) > 3 * torch.linalg.vector_norm(ramp(flat))

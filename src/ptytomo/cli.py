@@ -8,6 +8,7 @@ input, bad option, missing CUDA) is printed as one line and exits with status
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 
@@ -255,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(format="ptytomo: warning: %(message)s", level=logging.WARNING)
     try:
         return args.run(args)
     except PtytomoError as exc:

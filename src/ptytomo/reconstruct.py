@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -16,6 +17,7 @@ from .operators import JointModel
 from .solvers import OPTIMIZERS, Regularised, iterate, load_checkpoint, make_optimizer
 
 METHODS = ("joint",)
+log = logging.getLogger("ptytomo")
 
 
 @dataclass
@@ -27,7 +29,7 @@ class ReconstructOptions:
     """
 
     method: str = "joint"
-    optimizer: str = "fista"
+    optimizer: str = "lbfgs"
     iterations: int = 100
     tolerance: float = 1e-5
     loss: str = "amplitude"
@@ -73,6 +75,33 @@ def measured_amplitudes(data: PtychoTomoData) -> np.ndarray:
     return amplitudes
 
 
+def assess(data: PtychoTomoData) -> list[str]:
+    """One line per way ``data`` lies outside what the defaults handle well."""
+    from .scan import linear_overlap, probe_diameter_estimate, step_estimate
+
+    notes = []
+    valid = data.valid_or_all()
+    nz, _, nx = data.geometry.volume_shape
+    overlap = linear_overlap(step_estimate(data.positions[0][valid[0]]), probe_diameter_estimate(data.probe))
+    if overlap < 0.3:
+        notes.append(f"low probe overlap (~{overlap:.0%}): expect artefacts between scan positions; 50-75 % is typical")
+    if data.n_angles < 0.5 * nx:
+        notes.append(f"few angles ({data.n_angles} for {nx} voxels across): expect streaks from angular undersampling")
+    counts = float(np.median(data.intensities.sum(axis=(2, 3))[valid]))
+    if counts < 1e5:
+        notes.append(f"low dose (median {counts:.3g} photons per frame): beta (absorption) will be weak and smoothed")
+    illuminated = np.zeros((nz, nx), dtype=bool)
+    support = np.abs(data.probe) ** 2 > 0.01 * np.max(np.abs(data.probe) ** 2)
+    m = data.detector_size
+    for r, c in np.round(data.positions[valid]).astype(int):
+        rows, cols = slice(max(r, 0), min(r + m, nz)), slice(max(c, 0), min(c + m, nx))
+        illuminated[rows, cols] |= support[rows.start - r : rows.stop - r, cols.start - c : cols.stop - c]
+    if illuminated.mean() < 0.99:
+        notes.append(f"{1 - illuminated.mean():.0%} of the projection plane is never illuminated at any angle: "
+                     "voxels there are not measured")
+    return notes
+
+
 def build_objective(data: PtychoTomoData, options: ReconstructOptions) -> JointObjective:
     device = resolve_device(options.device)
     real_dtype, _ = resolve_precision(options.precision)
@@ -89,6 +118,9 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
     """Reconstruct delta + i beta from ``data`` with ``options`` (defaults: the general-purpose choice)."""
     options = options or ReconstructOptions()
     options.check()
+    warnings = assess(data)
+    for line in warnings:
+        log.warning(line)
     torch.manual_seed(options.seed)
     objective = build_objective(data, options)
     model = objective.model
@@ -111,7 +143,7 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
     parameters = {k: v for k, v in asdict(options).items() if k != "method"}
     parameters.update(
         stopped_by=result.stopped_by, cost_scale=objective.scaling.cost, phase_per_unit_x=to_u,
-        angle_batch=model.angle_batch, device=str(model.device),
+        angle_batch=model.angle_batch, device=str(model.device), warnings=warnings or ["none"],
     )
     if data.truth is not None:
         parameters.update(volume_errors(volume, data.truth))

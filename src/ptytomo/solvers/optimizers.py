@@ -15,6 +15,7 @@ import torch
 
 from ..errors import PtytomoError
 from ..objective import TARGET_LIPSCHITZ
+from .preconditioner import RampFilter
 
 
 class Optimizer:
@@ -97,10 +98,26 @@ class Lbfgs(Optimizer):
 
     name = "lbfgs"
 
-    def __init__(self, problem, history_size: int = 10, **_):
+    def __init__(self, problem, history_size: int = 10, precondition: bool = True, **_):
         super().__init__(problem)
         self.history_size = history_size
+        self.preconditioner = None
+        if precondition:
+            model = problem.objective.model
+            self.preconditioner = RampFilter(model.volume_shape, model.device, model.complex_dtype)
         self.state = {"s": [], "y": [], "grad": None, "cost": None}
+
+    def free_directions(self, u: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+        """Zero the components that push a variable held at its bound (0) further out,
+        so the projection does not bend the search path (projected quasi-Newton)."""
+        if not getattr(self.problem, "nonnegative", False):
+            return direction
+        real = torch.where((u.real <= 0) & (direction.real < 0), 0.0, direction.real)
+        imag = torch.where((u.imag <= 0) & (direction.imag < 0), 0.0, direction.imag)
+        return torch.complex(real, imag)
+
+    def initial_inverse_hessian(self, v: torch.Tensor) -> torch.Tensor:
+        return v if self.preconditioner is None else self.preconditioner(v)
 
     def direction(self, grad: torch.Tensor) -> torch.Tensor:
         s_list, y_list = self.state["s"], self.state["y"]
@@ -112,9 +129,10 @@ class Lbfgs(Optimizer):
             q -= alpha * y
             alphas.append((rho, alpha))
         if s_list:
-            q *= _dot(s_list[-1], y_list[-1]) / _dot(y_list[-1], y_list[-1])
+            y = y_list[-1]
+            q = self.initial_inverse_hessian(q) * (_dot(s_list[-1], y) / _dot(y, self.initial_inverse_hessian(y)))
         else:
-            q /= TARGET_LIPSCHITZ  # first step: 1/L of the normalised problem
+            q = self.initial_inverse_hessian(q) / TARGET_LIPSCHITZ  # first step: ~1/L of the normalised problem
         for (s, y), (rho, alpha) in zip(zip(s_list, y_list), reversed(alphas)):
             q += (alpha - rho * _dot(y, q)) * s
         return -q
@@ -124,25 +142,31 @@ class Lbfgs(Optimizer):
         if st["grad"] is None:
             st["cost"], st["grad"] = self.problem.value_and_grad(u)
         cost, grad = st["cost"], st["grad"]
-        direction = self.direction(grad)
+        direction = self.free_directions(u, self.direction(grad))
         if _dot(grad, direction) >= 0:  # not a descent direction: forget the curvature
             st["s"], st["y"] = [], []
-            direction = self.direction(grad)
+            direction = self.free_directions(u, self.direction(grad))
+        slope = _dot(grad, direction)
         t = 1.0
-        for _ in range(30):
+        for _ in range(MAX_LINE_SEARCH):
             candidate = self.problem.project(u + t * direction)
             new_cost, new_grad = self.problem.value_and_grad(candidate)
             if new_cost <= cost + 1e-4 * _dot(grad, candidate - u):
                 break
-            t *= 0.5
+            # Minimum of the quadratic through cost(0), slope(0) and cost(t), kept in [t/10, t/2].
+            t_quadratic = -slope * t * t / (2 * (new_cost - cost - slope * t))
+            t = min(max(t_quadratic, 0.1 * t), 0.5 * t)
         else:
-            return u, cost  # no decrease possible along any step: a stationary point
+            return u, cost  # no decrease along this direction: a stationary point
         s, y = candidate - u, new_grad - grad
         if _dot(s, y) > 1e-12 * _dot(s, s) ** 0.5 * _dot(y, y) ** 0.5:
             st["s"] = (st["s"] + [s])[-self.history_size :]
             st["y"] = (st["y"] + [y])[-self.history_size :]
         st.update(cost=new_cost, grad=new_grad)
         return candidate, new_cost
+
+
+MAX_LINE_SEARCH = 12
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
