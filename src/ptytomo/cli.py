@@ -141,6 +141,8 @@ def _add_reconstruct(sub) -> None:
     p.add_argument("--loss", default=d.loss, choices=LOSSES, help="detector-plane cost (default %(default)s)")
     p.add_argument("--tv-delta", type=float, default=d.tv_delta, help="TV weight on delta (default %(default)g)")
     p.add_argument("--tv-beta", type=float, default=d.tv_beta, help="TV weight on beta (default %(default)g)")
+    p.add_argument("--no-tv-dose-scaling", action="store_true",
+                   help="keep --tv-beta fixed instead of growing it as sqrt(1e6 / photons per frame) at low dose")
     p.add_argument("--allow-negative", action="store_true", help="drop the non-negativity of delta and beta")
     p.add_argument("--alpha0", type=float, default=d.alpha0, help="gd: initial step (default %(default)g)")
     p.add_argument("--eps", type=float, default=d.eps, help="gd: step decay (default %(default)g)")
@@ -160,7 +162,8 @@ def options_from_args(args):
     from .reconstruct import ReconstructOptions
 
     values = {name: getattr(args, name) for name in ReconstructOptions.names() if hasattr(args, name)}
-    return ReconstructOptions(**values, nonnegative=not args.allow_negative)
+    return ReconstructOptions(**values, nonnegative=not args.allow_negative,
+                              tv_dose_scaling=not args.no_tv_dose_scaling)
 
 
 def summary_line(recon) -> str:
@@ -228,7 +231,7 @@ def run_demo(args) -> int:
         # Sized for a few minutes on 2 CPU cores: half the paper's voxels per edge
         # with the paper's probe, detector and 73 % overlap.
         config = SimulationConfig(size=32, n_angles=60, step=4, device=args.device)
-        iterations = 60
+        iterations = 40
     config.seed = 0
     print(f"simulating the woven-wire phantom: {config.size}^3 voxels, {config.n_angles} angles, step {config.step} px")
     data = simulate(config, progress=not args.quiet)
