@@ -24,6 +24,7 @@ from typing import Any, Iterator
 import h5py
 import numpy as np
 
+from . import physics
 from .errors import PtytomoError
 
 DATA_FORMAT = "ptytomo"
@@ -57,7 +58,6 @@ _FLAG_KINDS = "biu"
 # gzip (not lzf) so that non-h5py readers (C, MATLAB) can open the files too.
 _COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
 
-_PLANCK_C_KEV_M = 1.239841984e-9  # h*c in keV*m: lambda_m = 1.239841984e-9 / energy_kev
 
 
 # --------------------------------------------------------------------------
@@ -84,7 +84,7 @@ class Geometry:
 
     @property
     def wavelength_m(self) -> float:
-        return _PLANCK_C_KEV_M / self.energy_kev
+        return physics.wavelength_m(self.energy_kev)
 
     @property
     def wavenumber(self) -> float:

@@ -74,8 +74,7 @@ class JointObjective:
         self.loss = loss
         self.probe_max = float(model.probe.abs().max())
         # Normalise the probe to max |P| = 1 in the model and the data alike.
-        model.probe = model.probe / self.probe_max
-        model._ptychography.clear()
+        model.set_probe(model.probe / self.probe_max)
         self.amplitudes = amplitudes / self.probe_max
         weight = None
         if mask is not None:

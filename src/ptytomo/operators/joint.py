@@ -88,6 +88,11 @@ class JointModel:
         self._projectors: dict[int, ParallelProjector] = {}
         self._ptychography: dict[int, Ptychography] = {}
 
+    def set_probe(self, probe: torch.Tensor) -> None:
+        """Replace the probe; the per-batch ptychography operators are rebuilt on next use."""
+        self.probe = probe.to(device=self.device, dtype=self.complex_dtype)
+        self._ptychography.clear()
+
     # -- the operators of one batch, built on first use and kept -------------
     def projector(self, b: int) -> ParallelProjector:
         if b not in self._projectors:
