@@ -76,21 +76,23 @@ class JointObjective:
         # Normalise the probe to max |P| = 1 in the model and the data alike.
         model.set_probe(model.probe / self.probe_max)
         self.amplitudes = amplitudes / self.probe_max
-        weight = None
+        # Kept apart and combined per batch: their product would be as large as the data.
+        self.mask_weight = None
         if mask is not None:
-            weight = torch.as_tensor(np.asarray(mask), device=model.device).to(model.real_dtype)[None, None]
+            self.mask_weight = torch.as_tensor(np.asarray(mask), device=model.device).to(model.real_dtype)
+        self.valid_weight = None
         if model.valid is not None:
-            valid = model.valid.to(device=model.device, dtype=model.real_dtype)[..., None, None]
-            weight = valid if weight is None else weight * valid
-        self.weight = weight
+            self.valid_weight = model.valid.to(device=model.device, dtype=model.real_dtype)[..., None, None]
         self.scaling = Scaling(to_u=model.k * model.voxel_size_m, cost=1.0)
         self.scaling.cost = TARGET_LIPSCHITZ / self.lipschitz_at_zero()
         self.evaluations = 0
 
     def _batch_weight(self, batch: slice):
-        if self.weight is None:
-            return None
-        return self.weight if self.weight.shape[0] == 1 else self.weight[batch]
+        """Detector mask x valid flags for one angle batch (None when neither is given)."""
+        valid = None if self.valid_weight is None else self.valid_weight[batch]
+        if self.mask_weight is None:
+            return valid
+        return self.mask_weight if valid is None else valid * self.mask_weight
 
     def value_and_grad(self, u: torch.Tensor, need_grad: bool = True) -> tuple[float, torch.Tensor | None]:
         model = self.model

@@ -88,12 +88,12 @@ def median_frame_counts(data: PtychoTomoData) -> float:
     return float(np.median(data.intensities.sum(axis=(2, 3))[data.valid_or_all()]))
 
 
-def beta_dose_factor(data: PtychoTomoData) -> float:
+def beta_dose_factor(counts: float) -> float:
     """sqrt(1e6 / median photons per frame), at least 1: the beta TV weight's growth at low dose."""
-    return max(1.0, float(np.sqrt(REFERENCE_PHOTONS / max(median_frame_counts(data), 1.0))))
+    return max(1.0, float(np.sqrt(REFERENCE_PHOTONS / max(counts, 1.0))))
 
 
-def assess(data: PtychoTomoData) -> list[str]:
+def assess(data: PtychoTomoData, counts: float) -> list[str]:
     """One line per way ``data`` lies outside what the defaults handle well."""
     from .scan import linear_overlap, probe_diameter_estimate, step_estimate
 
@@ -105,7 +105,6 @@ def assess(data: PtychoTomoData) -> list[str]:
         notes.append(f"low probe overlap (~{overlap:.0%}): expect artefacts between scan positions; 50-75 % is typical")
     if data.n_angles < 0.5 * nx:
         notes.append(f"few angles ({data.n_angles} for {nx} voxels across): expect streaks from angular undersampling")
-    counts = median_frame_counts(data)
     if counts < 1e5:
         notes.append(f"low dose (median {counts:.3g} photons per frame): beta (absorption) will be weak and smoothed")
     illuminated = np.zeros((nz, nx), dtype=bool)
@@ -136,13 +135,14 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
     """Reconstruct delta + i beta from ``data`` with ``options`` (defaults: the general-purpose choice)."""
     options = options or ReconstructOptions()
     options.check()
-    warnings = assess(data)
+    counts = median_frame_counts(data)  # one pass over the frames serves both uses
+    warnings = assess(data, counts)
     for line in warnings:
         log.warning(line)
     torch.manual_seed(options.seed)
     objective = build_objective(data, options)
     model = objective.model
-    tv_beta = options.tv_beta * (beta_dose_factor(data) if options.tv_dose_scaling else 1.0)
+    tv_beta = options.tv_beta * (beta_dose_factor(counts) if options.tv_dose_scaling else 1.0)
     problem = Regularised(objective, options.tv_delta, tv_beta, options.nonnegative)
     optimizer = make_optimizer(
         options.optimizer, problem, alpha0=options.alpha0, eps=options.eps, learning_rate=options.learning_rate
