@@ -7,9 +7,7 @@ temporary name in the output folder and moved into place with ``os.replace``,
 so an interrupted report never leaves a half-written image behind.
 
 Relative RMSE follows FORMAT.md: ``sqrt(mean((x_hat - x)^2)) / sqrt(mean(x^2))``
-over the whole volume, for delta and beta separately.  It is computed here
-with numpy in z-slabs (the same numbers as :mod:`ptytomo.metrics`, without
-importing torch or doubling the volume in memory).
+over the whole volume, for delta and beta separately, by :mod:`ptytomo.metrics`.
 """
 
 from __future__ import annotations
@@ -26,6 +24,7 @@ from matplotlib.ticker import MaxNLocator
 
 from .errors import PtytomoError
 from .io import DATA_FORMAT, TRUTH, Reconstruction, read_reconstruction
+from .metrics import rmse
 
 SLICES_NAME = "slices.png"
 CONVERGENCE_NAME = "convergence.png"
@@ -111,20 +110,9 @@ def _part(array: np.ndarray, attr: str) -> np.ndarray:
     return getattr(array, attr)
 
 
-def _mean_square(a: np.ndarray, b: np.ndarray | None = None) -> float:
-    """mean((a - b)^2) (or mean(a^2)) in float64, one z-slab at a time."""
-    total = 0.0
-    for z in range(a.shape[0]):
-        slab = np.asarray(a[z], dtype=np.float64)
-        if b is not None:
-            slab = slab - np.asarray(b[z], dtype=np.float64)
-        total += float(np.sum(slab * slab))
-    return total / a.size if a.size else float("nan")
-
-
 def _truth_norms(truth: np.ndarray) -> dict[str, float]:
     """sqrt(mean(truth^2)) of delta and beta."""
-    return {name: float(np.sqrt(_mean_square(_part(truth, attr)))) for name, attr in _QUANTITIES}
+    return {name: rmse(_part(truth, attr)) for name, attr in _QUANTITIES}
 
 
 def _error_labels(volume, truth, norms) -> dict[str, str]:
@@ -136,7 +124,7 @@ def _error_labels(volume, truth, norms) -> dict[str, str]:
     """
     labels = {}
     for name, attr in _QUANTITIES:
-        error = float(np.sqrt(_mean_square(_part(volume, attr), _part(truth, attr))))
+        error = rmse(_part(volume, attr), _part(truth, attr))
         if norms[name] > 0:
             labels[name] = f"relative RMSE {_format_error(error / norms[name])}"
         else:
