@@ -71,9 +71,8 @@ class Fista(Optimizer):
         lipschitz = s["L"] * 0.8  # let the step grow again where the landscape flattens
         while True:
             candidate = self.problem.project(y - grad / lipschitz)
-            diff = (candidate - y).flatten()
-            decrease = float(torch.real(torch.vdot(grad.flatten(), diff)))
-            bound = cost_y + decrease + 0.5 * lipschitz * float(torch.linalg.vector_norm(diff) ** 2)
+            diff = candidate - y
+            bound = cost_y + _dot(grad, diff) + 0.5 * lipschitz * _dot(diff, diff)
             cost_new = self.problem.value(candidate)
             if cost_new <= bound or lipschitz > 1e12:
                 break
