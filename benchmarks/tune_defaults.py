@@ -9,6 +9,7 @@ per weight reads both columns.
 
     python benchmarks/tune_defaults.py            # ~15 min on 2 CPU cores
     python benchmarks/tune_defaults.py --quick    # 2 data sets, 3 weights
+    python benchmarks/tune_defaults.py --method sequential --weights 0 1e-2 1e-1   # the baselines' priors
 """
 
 from __future__ import annotations
@@ -37,16 +38,18 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--angles", type=int, default=60)
     parser.add_argument("--detector", type=int, default=31)
-    parser.add_argument("--iterations", type=int, default=ReconstructOptions().iterations)
+    parser.add_argument("--iterations", type=int, default=0, help="0: the method's default")
+    parser.add_argument("--method", default="joint", help="joint, sequential or admm")
+    parser.add_argument("--weights", type=float, nargs="+", default=None, help="TV weights to try")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     data_sets = DATA_SETS[:2] if args.quick else DATA_SETS
-    weights = [0.0, 1e-3, 1e-2] if args.quick else WEIGHTS
+    weights = args.weights or ([0.0, 1e-3, 1e-2] if args.quick else WEIGHTS)
 
     print("command: python " + " ".join(sys.argv))
     print(f"size {args.size}^3, {args.angles} angles, detector {args.detector}, probe 15 px, oversample 2, "
-          f"optimizer {ReconstructOptions().optimizer}, up to {args.iterations} iterations")
+          f"method {args.method}, optimizer {ReconstructOptions().optimizer}, iterations {args.iterations or 'default'}")
     print(f"{'data set':24s} {'tv':>8s} {'rel delta':>10s} {'rel beta':>10s} {'iters':>6s} {'seconds':>8s}")
     for name, phantom, step, photons, noise in data_sets:
         config = SimulationConfig(phantom=phantom, size=args.size, n_angles=args.angles, step=step,
@@ -54,8 +57,8 @@ def main(argv=None) -> int:
                                   seed=1, device=args.device)
         data = simulate(config, progress=False)
         for weight in weights:
-            options = ReconstructOptions(iterations=args.iterations, tv_delta=weight, tv_beta=weight,
-                                         device=args.device)
+            options = ReconstructOptions(method=args.method, iterations=args.iterations, tv_delta=weight,
+                                         tv_beta=weight, device=args.device)
             started = time.perf_counter()
             recon = reconstruct(data, options, progress=False)
             p = recon.parameters

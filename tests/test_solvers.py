@@ -52,7 +52,7 @@ def test_gradient_matches_autograd_and_finite_differences(tiny_noisy, loss):
     total = 0
     for b, batch in enumerate(model.batches):
         field = model.far_field(w / objective.scaling.to_u, b)
-        total = total + detector_residual(loss, field, objective.amplitudes[batch], objective._batch_weight(batch))[0]
+        total = total + detector_residual(loss, field, objective.amplitudes[batch], objective.batch_weight(batch))[0]
     reference = torch.autograd.grad(total * objective.scaling.cost, w)[0]
     assert float(total.detach()) * objective.scaling.cost == pytest.approx(cost, rel=1e-12)
     assert torch.linalg.vector_norm(reference - grad) / torch.linalg.vector_norm(reference) < 1e-10
@@ -92,6 +92,14 @@ def test_normalisation_sets_the_lipschitz_constant(small):
     # The truth fits noise-free data (no inverse crime) to float precision.
     truth = torch.from_numpy(small.truth).to(torch.complex128) * objective.scaling.to_u
     assert objective.value(truth) < 1e-9 * objective.value(torch.zeros_like(truth))
+
+
+@pytest.mark.parametrize("loss", ["intensity", "poisson"])
+def test_every_loss_is_zero_at_a_perfect_fit(small, loss):
+    """The Poisson cost is a deviance, so the tolerance's relative change is not diluted by a constant."""
+    objective = build_objective(small, ReconstructOptions(precision="float64", loss=loss))
+    truth = torch.from_numpy(small.truth).to(torch.complex128) * objective.scaling.to_u
+    assert abs(objective.value(truth)) < 1e-9 * objective.value(torch.zeros_like(truth))
 
 
 def test_gd_follows_algorithm_1(small):

@@ -135,7 +135,8 @@ def _add_reconstruct(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="reconstruction file to write (HDF5)")
     p.add_argument("--method", default=d.method, choices=METHODS)
     p.add_argument("--optimizer", default=d.optimizer, choices=tuple(OPTIMIZERS), help="default %(default)s")
-    p.add_argument("--iterations", type=_positive_int, default=d.iterations, help="iteration limit (default %(default)s)")
+    p.add_argument("--iterations", type=_positive_int, default=d.iterations,
+                   help="iteration limit; default: joint 100, sequential 100 tomography iterations, admm 50 outer")
     p.add_argument("--tolerance", type=float, default=d.tolerance,
                    help="stop when the relative cost change stays below this for 3 iterations (0: never)")
     p.add_argument("--loss", default=d.loss, choices=LOSSES, help="detector-plane cost (default %(default)s)")
@@ -147,6 +148,16 @@ def _add_reconstruct(sub) -> None:
     p.add_argument("--alpha0", type=float, default=d.alpha0, help="gd: initial step (default %(default)g)")
     p.add_argument("--eps", type=float, default=d.eps, help="gd: step decay (default %(default)g)")
     p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="adam: learning rate")
+    p.add_argument("--ptycho-iterations", type=_positive_int, default=d.ptycho_iterations,
+                   help="sequential: ptychography sweeps (default 300); admm: sweeps per outer iteration (default 4)")
+    p.add_argument("--ptycho-step", type=float, default=d.ptycho_step,
+                   help="sequential, admm: fraction of the illumination-preconditioned step (default %(default)g)")
+    p.add_argument("--tomography", default=d.tomography,
+                   help="sequential: iterative (--optimizer with the priors) or fbp (default %(default)s)")
+    p.add_argument("--tomo-iterations", type=_positive_int, default=d.tomo_iterations,
+                   help="admm: tomography steps per outer iteration (default %(default)s)")
+    p.add_argument("--rho", type=float, default=d.rho, help="admm: penalty (default %(default)g)")
+    p.add_argument("--rho-update", default=d.rho_update, help="admm: fixed or balance (residual balancing)")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", default=d.precision, choices=("float32", "float64"))
     p.add_argument("--angle-batch", type=int, default=d.angle_batch, help="angles per batch (0: from memory)")
@@ -154,6 +165,11 @@ def _add_reconstruct(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="iterations between checkpoints")
     p.add_argument("--resume", default="", help="resume from this checkpoint")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--stream", default="auto", choices=("auto", "on", "off"),
+                   help="read the frames batch by batch from the file during each iteration instead of "
+                        "holding them (auto: when they would fill over half the memory)")
+    p.add_argument("--rank-timeout", type=float, default=1800.0, metavar="SECONDS",
+                   help="under torchrun: how long a rank waits for the others before the job fails")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_reconstruct)
 
@@ -176,15 +192,25 @@ def summary_line(recon) -> str:
 
 
 def run_reconstruct(args) -> int:
-    from .io import read_data, write_reconstruction
+    from .distributed import failures_end_the_job, read_share, setup
+    from .io import write_reconstruction
     from .reconstruct import reconstruct
 
-    options = options_from_args(args)
-    options.check()
-    data = read_data(args.data)
-    recon = reconstruct(data, options, progress=not args.quiet)
-    write_reconstruction(args.output, recon)
-    print(f"wrote {args.output}: {summary_line(recon)}")
+    comm = setup(args.device, args.rank_timeout)  # one rank unless started by torchrun (docs/distributed.md)
+    with failures_end_the_job(comm, "reconstruct"):
+        with comm.together():  # a bad option or file fails every rank alike: say it once
+            options = options_from_args(args)
+            options.check()
+            if comm.size > 1:
+                options.device = str(comm.device)
+                logging.getLogger("ptytomo").setLevel(logging.ERROR)  # rank 0 gives the warnings
+            data = read_share(args.data, comm, args.stream)
+        recon = reconstruct(data, options, progress=not args.quiet, comm=comm)
+        comm.check_same(recon.volume)
+        if comm.is_main:
+            write_reconstruction(args.output, recon)
+            print(f"wrote {args.output}: {summary_line(recon)}")
+        comm.close()
     return 0
 
 

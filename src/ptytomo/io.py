@@ -96,7 +96,7 @@ class Geometry:
 class PtychoTomoData:
     """One ptycho-tomography data set, with the dtypes of FORMAT.md after reading."""
 
-    intensities: np.ndarray  # float32 (A, J, M, M), photon counts, DC at centre
+    intensities: np.ndarray  # float32 (A, J, M, M), photon counts, DC at centre (LazyIntensities: streamed)
     positions: np.ndarray  # float64 (A, J, 2), (r, c) top-left window corners
     angles: np.ndarray  # float64 (A,), radians
     probe: np.ndarray  # complex64 (M, M)
@@ -182,24 +182,41 @@ def _remove_quietly(path: str) -> None:
 # --------------------------------------------------------------------------
 
 
-def read_data(path) -> PtychoTomoData:
+def read_data(path, angles: slice | None = None, stream: bool = False) -> PtychoTomoData:
     """Read a data file in the FORMAT.md layout, converting to its exact dtypes.
 
     Raises PtytomoError naming the file and field for anything that does not
     follow the layout; groups, datasets and attributes it does not name are
     ignored (``/simulation`` attributes are returned as ``simulation``).
+
+    ``angles`` (a contiguous slice) reads only those angles' frames, positions,
+    valid flags and angles: one rank's share of a distributed run.  With
+    ``stream`` the frames stay in the file: ``intensities`` is then a
+    :class:`LazyIntensities` whose batches are read and checked on indexing.
     """
     source = os.fspath(path)
     with _open_for_reading(source) as f:
         _check_header(f, source, DATA_FORMAT)
         geometry = _read_geometry(f, source)
-        intensities = _to_real(_read_array(f, source, INTENSITIES, _REAL_KINDS), np.float32)
-        positions = _to_real(_read_array(f, source, POSITIONS, _REAL_KINDS), np.float64)
-        angles = _to_real(_read_array(f, source, ANGLES, _REAL_KINDS), np.float64)
+        dataset = _dataset(f, source, INTENSITIES)
+        _check_kind(source, INTENSITIES, dataset.dtype, _REAL_KINDS)
+        n_angles = _check_intensity_shape(source, dataset.shape)[0]
+        rows = _angle_range(source, angles, n_angles)
+        if rows != slice(0, n_angles):
+            # Indices in messages then count from rows.start; say so, or users look at the wrong angle.
+            source = f"{source} (angles {rows.start}..{rows.stop - 1}, indices counted from {rows.start})"
+        if stream:
+            intensities = None  # made below, once the valid flags are known
+        else:
+            intensities = _to_real(_read_array(f, source, INTENSITIES, _REAL_KINDS, rows, n_angles), np.float32)
+        positions = _to_real(_read_array(f, source, POSITIONS, _REAL_KINDS, rows, n_angles), np.float64)
+        angles = _to_real(_read_array(f, source, ANGLES, _REAL_KINDS, rows, n_angles), np.float64)
         probe = _to_complex64(_read_array(f, source, PROBE, _COMPLEX_KINDS))
         valid = mask = truth = None
         if f.get(VALID) is not None:
-            valid = _to_flags(source, VALID, _read_array(f, source, VALID, _FLAG_KINDS))
+            valid = _to_flags(source, VALID, _read_array(f, source, VALID, _FLAG_KINDS, rows, n_angles))
+        if stream:
+            intensities = LazyIntensities(os.fspath(path), rows.start, rows.stop, tuple(dataset.shape[1:]), valid)
         if f.get(MASK) is not None:
             mask = _to_flags(source, MASK, _read_array(f, source, MASK, _FLAG_KINDS))
         if f.get(TRUTH) is not None:
@@ -220,12 +237,14 @@ def read_data(path) -> PtychoTomoData:
     return data
 
 
-def read_intensities(path, angle_slice: slice) -> np.ndarray:
+def read_intensities(path, angle_slice: slice, valid: np.ndarray | None = None) -> np.ndarray:
     """Read the float32 intensities of one batch of angles, for streaming.
 
     Only this batch is loaded (the writer chunks one angle per chunk), and it
     gets the same finiteness and sign checks as :func:`read_data`, so a
-    streaming reader does not have to load the whole file first.
+    streaming reader does not have to load the whole file first.  With the
+    batch's ``valid`` flags (B, J), padding entries come back as 0 unchecked:
+    FORMAT.md lets them hold anything.
     """
     source = os.fspath(path)
     if not isinstance(angle_slice, slice):
@@ -247,9 +266,58 @@ def read_intensities(path, angle_slice: slice) -> np.ndarray:
         except OSError as exc:
             raise _error(source, f"cannot read {label} ({exc}){_FILTER_HINT}") from None
     batch = _to_real(batch, np.float32)
+    if valid is not None:
+        if np.shape(valid) != batch.shape[:2]:
+            raise _error(source, f"valid flags of shape {np.shape(valid)} for {label} of shape {batch.shape}")
+        batch = np.where(np.asarray(valid, dtype=bool)[..., None, None], batch, np.float32(0))
     _check_finite(source, label, batch)
     _check_nonnegative(source, label, batch)
     return batch
+
+
+@dataclass(frozen=True)
+class LazyIntensities:
+    """The intensities of angles [start, stop) of a data file, left in the file.
+
+    Stands in for the (A, J, M, M) array of :class:`PtychoTomoData` when a
+    share of the frames does not fit in memory: indexing with a slice of
+    angles (counted from ``start``) reads and checks only those frames.
+    """
+
+    path: str
+    start: int
+    stop: int
+    frame_shape: tuple[int, int, int]  # (J, M, M)
+    valid: np.ndarray | None = None  # bool (stop - start, J)
+
+    dtype = np.dtype(np.float32)
+    ndim = 4
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.stop - self.start, *self.frame_shape)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        if not isinstance(rows, slice):
+            raise TypeError(f"LazyIntensities takes a slice of angles, got {type(rows).__name__}")
+        start, stop, step = rows.indices(len(self))
+        if step != 1:
+            raise TypeError("LazyIntensities reads contiguous angle batches only (step 1)")
+        valid = None if self.valid is None else self.valid[start:stop]
+        return read_intensities(self.path, slice(self.start + start, self.start + stop), valid)
+
+
+def intensities_shape(path) -> tuple[int, int, int, int]:
+    """(A, J, M, M) of a data file, without reading the frames (to split them over ranks)."""
+    source = os.fspath(path)
+    with _open_for_reading(source) as f:
+        _check_header(f, source, DATA_FORMAT)
+        dataset = _dataset(f, source, INTENSITIES)
+        _check_intensity_shape(source, dataset.shape)
+        return tuple(int(n) for n in dataset.shape)
 
 
 def write_data(path, data: PtychoTomoData) -> None:
@@ -294,13 +362,17 @@ def validate_data(data: PtychoTomoData, source: str = "data") -> None:
     _check_geometry(source, geometry)
     nz, _, nx = geometry.volume_shape
 
-    intensities = _as_array(source, INTENSITIES, data.intensities, _REAL_KINDS)
-    n_angles, n_positions, m = _check_intensity_shape(source, intensities.shape)
-    valid = _valid_flags(source, data.valid, n_angles, n_positions)
-    # Padding entries (valid False) take no part, so converters may fill them with anything, NaN included.
-    intensities = np.where(valid[..., None, None], _to_real(intensities, np.float32), 0.0)
-    _check_finite(source, INTENSITIES, intensities)
-    _check_nonnegative(source, INTENSITIES, intensities)
+    if isinstance(data.intensities, LazyIntensities):  # values are checked batch by batch as they are read
+        n_angles, n_positions, m = _check_intensity_shape(source, data.intensities.shape)
+        valid = _valid_flags(source, data.valid, n_angles, n_positions)
+    else:
+        intensities = _as_array(source, INTENSITIES, data.intensities, _REAL_KINDS)
+        n_angles, n_positions, m = _check_intensity_shape(source, intensities.shape)
+        valid = _valid_flags(source, data.valid, n_angles, n_positions)
+        # Padding entries (valid False) take no part, so converters may fill them with anything, NaN included.
+        intensities = np.where(valid[..., None, None], _to_real(intensities, np.float32), 0.0)
+        _check_finite(source, INTENSITIES, intensities)
+        _check_nonnegative(source, INTENSITIES, intensities)
 
     positions = _as_array(source, POSITIONS, data.positions, _REAL_KINDS)
     _check_shape(source, POSITIONS, positions, (n_angles, n_positions, 2), "(A, J, 2)")
@@ -568,14 +640,37 @@ def _dataset(f: h5py.File, source: str, name: str) -> h5py.Dataset:
     return obj
 
 
-def _read_array(f: h5py.File, source: str, name: str, kinds: str) -> np.ndarray:
-    """Read a whole dataset after checking its dtype (so strings are never decoded)."""
+def _read_array(
+    f: h5py.File, source: str, name: str, kinds: str, rows: slice | None = None, n_angles: int = 0
+) -> np.ndarray:
+    """Read a dataset after checking its dtype (so strings are never decoded).
+
+    ``rows`` of ``n_angles`` reads only those angles of a per-angle field.
+    """
     dataset = _dataset(f, source, name)
     _check_kind(source, name, dataset.dtype, kinds)
+    selection = ()
+    if rows is not None and rows != slice(0, n_angles):
+        # A part cannot show a wrong length, so check it here; whole fields get validate_data's message.
+        if not dataset.shape or dataset.shape[0] != n_angles:
+            raise _error(source, f"{name} has shape {dataset.shape}, expected A = {n_angles} rows like {INTENSITIES}")
+        selection = rows
     try:
-        return np.asarray(dataset[()])
+        return np.asarray(dataset[selection])
     except OSError as exc:
         raise _error(source, f"cannot read {name} ({exc}){_FILTER_HINT}") from None
+
+
+def _angle_range(source: str, angles, n_angles: int) -> slice:
+    """``angles`` as slice(start, stop) of ``n_angles``: contiguous and not empty."""
+    if angles is None:
+        return slice(0, n_angles)
+    if not isinstance(angles, slice):
+        raise _error(source, f"angles must be a slice, got {type(angles).__name__}")
+    start, stop, step = angles.indices(n_angles)
+    if step != 1 or stop <= start:
+        raise _error(source, f"angles {angles} is not a non-empty contiguous range of the {n_angles} angles")
+    return slice(start, stop)
 
 
 def _read_attrs_leniently(group) -> dict:

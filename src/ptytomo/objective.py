@@ -44,11 +44,12 @@ def detector_residual(loss: str, field: torch.Tensor, measured: torch.Tensor, we
         misfit = modulus**2 - measured**2
         cost_map = misfit**2
         r = 2 * misfit.to(field.dtype) * field
-    else:  # poisson negative log-likelihood (up to a data-only constant)
+    else:  # poisson negative log-likelihood as a deviance: 0 at a perfect fit, so relative changes mean something
         counts = measured**2
         intensity = modulus**2
         floor = torch.finfo(modulus.dtype).tiny
-        cost_map = intensity - counts * torch.log(intensity.clamp_min(floor))
+        log_ratio = torch.log(intensity.clamp_min(floor)) - torch.log(counts.clamp_min(floor))
+        cost_map = intensity - counts - counts * log_ratio
         r = field * (1 - counts / intensity.clamp_min(floor)).to(field.dtype)
     if weight is not None:
         cost_map = cost_map * weight
@@ -67,11 +68,17 @@ class Scaling:
 class JointObjective:
     """phi(u) for one data set: value and gradient, streamed over angle batches."""
 
-    def __init__(self, model: JointModel, amplitudes: torch.Tensor, loss: str = "amplitude", mask=None):
+    def __init__(self, model: JointModel, amplitudes: torch.Tensor, loss: str = "amplitude", mask=None,
+                 reduce=None):
+        """``amplitudes``: a tensor, or a :class:`~ptytomo.stream.AmplitudeStream`.
+        ``reduce``: sums a partial over ranks (:meth:`ptytomo.distributed.Comm.sum`) when
+        ``model`` holds one rank's angles; it is applied to the data cost, its gradient and
+        the power iteration, so the normalisation and every cost are global."""
         if loss not in LOSSES:
             raise PtytomoError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
         self.model = model
         self.loss = loss
+        self.reduce = reduce or (lambda partial: partial)
         self.probe_max = float(model.probe.abs().max())
         # Normalise the probe to max |P| = 1 in the model and the data alike.
         model.set_probe(model.probe / self.probe_max)
@@ -87,7 +94,7 @@ class JointObjective:
         self.scaling.cost = TARGET_LIPSCHITZ / self.lipschitz_at_zero()
         self.evaluations = 0
 
-    def _batch_weight(self, batch: slice):
+    def batch_weight(self, batch: slice):
         """Detector mask x valid flags for one angle batch (None when neither is given)."""
         valid = None if self.valid_weight is None else self.valid_weight[batch]
         if self.mask_weight is None:
@@ -102,7 +109,7 @@ class JointObjective:
         for b, batch in enumerate(model.batches):
             o = model.transmission(x, b)
             field = model.ptychography(b).forward(o)
-            cost, r = detector_residual(self.loss, field, self.amplitudes[batch], self._batch_weight(batch))
+            cost, r = detector_residual(self.loss, field, self.amplitudes[batch], self.batch_weight(batch))
             total += cost.to(torch.float64)
             if need_grad:
                 back = model.crop(o.conj() * model.ptychography(b).adjoint(r))
@@ -110,7 +117,9 @@ class JointObjective:
                 # Im, beta part -Re (METHOD.md eq. 5), with R' = R / voxel_size.
                 grad += model.projector(b).adjoint(-2j * back) / model.voxel_size_m
         self.evaluations += 1
+        total = self.reduce(total)
         if need_grad:
+            grad = self.reduce(grad)
             grad *= self.scaling.cost
         return float(total) * self.scaling.cost, grad
 
@@ -131,12 +140,12 @@ class JointObjective:
                 # At u = 0 the transmission is 1, so J du = Q(i R' du).
                 projection = model.pad(model.projector(b).forward(v)) / model.voxel_size_m
                 field = model.ptychography(b).forward(1j * projection)
-                weight = self._batch_weight(model.batches[b])
+                weight = self.batch_weight(model.batches[b])
                 if weight is not None:
                     field = field * weight
                 back = model.crop(model.ptychography(b).adjoint(field))
                 out += model.projector(b).adjoint(-1j * back) / model.voxel_size_m
-            out = 2 * out
+            out = 2 * self.reduce(out)
             value = float(torch.linalg.vector_norm(out))
             v = out / value
         return value

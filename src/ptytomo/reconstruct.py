@@ -10,13 +10,24 @@ import torch
 
 from .device import resolve_device, resolve_precision
 from .errors import PtytomoError
-from .io import PtychoTomoData, Reconstruction
+from .distributed import SOLO, Comm
+from .io import LazyIntensities, PtychoTomoData, Reconstruction
 from .metrics import volume_errors
 from .objective import LOSSES, JointObjective
 from .operators import JointModel
+from .stream import amplitudes_of, frame_sums
 from .solvers import OPTIMIZERS, Regularised, iterate, load_checkpoint, make_optimizer
+from .solvers.baselines import Admm, Sequential
+from .solvers.subproblems import PTYCHO_STEP
 
-METHODS = ("joint",)
+METHODS = ("joint", "sequential", "admm")
+# Defaults that depend on the method (0 in the options means "the method's default").
+# joint/sequential: optimiser iterations; admm: outer iterations (the paper ran 50).
+DEFAULT_ITERATIONS = {"joint": 100, "sequential": 100, "admm": 50}
+# sequential: ptychography sweeps before the tomography; admm: sweeps per outer iteration.
+DEFAULT_PTYCHO_ITERATIONS = {"sequential": 300, "admm": 4}
+TOMOGRAPHY_SOLVERS = ("iterative", "fbp")
+RHO_UPDATES = ("fixed", "balance")
 log = logging.getLogger("ptytomo")
 
 
@@ -34,8 +45,8 @@ class ReconstructOptions:
     """
 
     method: str = "joint"
-    optimizer: str = "lbfgs"
-    iterations: int = 100
+    optimizer: str = "lbfgs"  # for sequential and admm: the tomography solver
+    iterations: int = 0  # 0: the method's default (DEFAULT_ITERATIONS)
     tolerance: float = 1e-5
     loss: str = "amplitude"
     nonnegative: bool = True
@@ -45,6 +56,12 @@ class ReconstructOptions:
     alpha0: float = 0.01  # gd
     eps: float = 1e-6  # gd
     learning_rate: float = 1e-3  # adam
+    ptycho_iterations: int = 0  # sequential, admm; 0: the method's default
+    ptycho_step: float = 1.0  # sequential, admm: fraction of the preconditioned (Newton-like) step
+    tomography: str = "iterative"  # sequential: iterative (optimizer, priors) or fbp
+    tomo_iterations: int = 4  # admm: tomography steps per outer iteration
+    rho: float = 0.5  # admm penalty
+    rho_update: str = "fixed"  # admm: fixed or balance (residual balancing)
     device: str = "auto"
     precision: str = "float32"
     angle_batch: int = 0  # 0: chosen from memory
@@ -60,11 +77,23 @@ class ReconstructOptions:
             raise PtytomoError(f"--optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
         if self.loss not in LOSSES:
             raise PtytomoError(f"--loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
-        if self.iterations < 1:
-            raise PtytomoError(f"--iterations must be >= 1, got {self.iterations}")
-        for name in ("tv_delta", "tv_beta", "tolerance", "checkpoint_every", "angle_batch"):
+        if self.tomography not in TOMOGRAPHY_SOLVERS:
+            raise PtytomoError(f"--tomography {self.tomography!r}: choose one of {', '.join(TOMOGRAPHY_SOLVERS)}")
+        if self.rho_update not in RHO_UPDATES:
+            raise PtytomoError(f"--rho-update {self.rho_update!r}: choose one of {', '.join(RHO_UPDATES)}")
+        if self.method != "joint" and self.loss not in PTYCHO_STEP:
+            raise PtytomoError(f"--loss {self.loss} works with --method joint only; "
+                               f"--method {self.method} takes {' or '.join(PTYCHO_STEP)}")
+        if self.tomography == "fbp" and self.iterations > 1:
+            raise PtytomoError("--tomography fbp is direct: leave --iterations unset")
+        if self.rho <= 0 or self.ptycho_step <= 0:
+            raise PtytomoError(f"--rho and --ptycho-step must be > 0, got {self.rho} and {self.ptycho_step}")
+        for name in ("iterations", "tv_delta", "tv_beta", "tolerance", "checkpoint_every", "angle_batch",
+                     "ptycho_iterations", "tomo_iterations"):
             if getattr(self, name) < 0:
                 raise PtytomoError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.tomo_iterations < 1:
+            raise PtytomoError(f"--tomo-iterations must be >= 1, got {self.tomo_iterations}")
         if self.checkpoint_every and not self.checkpoint:
             raise PtytomoError("--checkpoint-every needs --checkpoint PATH")
 
@@ -82,10 +111,11 @@ def measured_amplitudes(data: PtychoTomoData) -> np.ndarray:
 
 
 REFERENCE_PHOTONS = 1e6
+LOW_DOSE = 1e5  # photons per frame below which assess() warns
 
 
-def median_frame_counts(data: PtychoTomoData) -> float:
-    return float(np.median(data.intensities.sum(axis=(2, 3))[data.valid_or_all()]))
+def median_frame_counts(data: PtychoTomoData, comm: Comm = SOLO) -> float:
+    return float(np.median(comm.gather(frame_sums(data))))  # over all ranks' frames
 
 
 def beta_dose_factor(counts: float) -> float:
@@ -93,7 +123,7 @@ def beta_dose_factor(counts: float) -> float:
     return max(1.0, float(np.sqrt(REFERENCE_PHOTONS / max(counts, 1.0))))
 
 
-def assess(data: PtychoTomoData, counts: float) -> list[str]:
+def assess(data: PtychoTomoData, counts: float, comm: Comm = SOLO) -> list[str]:
     """One line per way ``data`` lies outside what the defaults handle well."""
     from .scan import linear_overlap, probe_diameter_estimate, step_estimate
 
@@ -103,9 +133,10 @@ def assess(data: PtychoTomoData, counts: float) -> list[str]:
     overlap = linear_overlap(step_estimate(data.positions[0][valid[0]]), probe_diameter_estimate(data.probe))
     if overlap < 0.3:
         notes.append(f"low probe overlap (~{overlap:.0%}): expect artefacts between scan positions; 50-75 % is typical")
-    if data.n_angles < 0.5 * nx:
-        notes.append(f"few angles ({data.n_angles} for {nx} voxels across): expect streaks from angular undersampling")
-    if counts < 1e5:
+    n_angles = comm.total(data.n_angles)
+    if n_angles < 0.5 * nx:
+        notes.append(f"few angles ({n_angles} for {nx} voxels across): expect streaks from angular undersampling")
+    if counts < LOW_DOSE:
         notes.append(f"low dose (median {counts:.3g} photons per frame): beta (absorption) will be weak and smoothed")
     illuminated = np.zeros((nz, nx), dtype=bool)
     support = np.abs(data.probe) ** 2 > 0.01 * np.max(np.abs(data.probe) ** 2)
@@ -113,13 +144,14 @@ def assess(data: PtychoTomoData, counts: float) -> list[str]:
     for r, c in np.round(data.positions[valid]).astype(int):
         rows, cols = slice(max(r, 0), min(r + m, nz)), slice(max(c, 0), min(c + m, nx))
         illuminated[rows, cols] |= support[rows.start - r : rows.stop - r, cols.start - c : cols.stop - c]
+    illuminated = comm.union(illuminated)
     if illuminated.mean() < 0.99:
         notes.append(f"{1 - illuminated.mean():.0%} of the projection plane is never illuminated at any angle: "
                      "voxels there are not measured")
     return notes
 
 
-def build_objective(data: PtychoTomoData, options: ReconstructOptions) -> JointObjective:
+def build_objective(data: PtychoTomoData, options: ReconstructOptions, comm: Comm = SOLO) -> JointObjective:
     device = resolve_device(options.device)
     real_dtype, _ = resolve_precision(options.precision)
     g = data.geometry
@@ -127,44 +159,72 @@ def build_objective(data: PtychoTomoData, options: ReconstructOptions) -> JointO
         g.volume_shape, g.voxel_size_m, g.energy_kev, data.angles, data.positions, data.probe,
         valid=data.valid, angle_batch=options.angle_batch or None, device=device, dtype=real_dtype,
     )
-    amplitudes = torch.from_numpy(measured_amplitudes(data)).to(device=device, dtype=real_dtype)
-    return JointObjective(model, amplitudes, options.loss, data.mask)
+    amplitudes = amplitudes_of(data, model.batches, device, real_dtype)  # None unless streamed
+    if amplitudes is None:
+        amplitudes = torch.from_numpy(measured_amplitudes(data)).to(device=device, dtype=real_dtype)
+    return JointObjective(model, amplitudes, options.loss, data.mask, reduce=comm.sum)
 
 
-def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None, progress: bool = True) -> Reconstruction:
-    """Reconstruct delta + i beta from ``data`` with ``options`` (defaults: the general-purpose choice)."""
+def make_stepper(objective: JointObjective, options: ReconstructOptions, tv_beta: float, progress: bool = True):
+    """The object ``iterate`` steps for ``options.method``: an optimiser (joint) or a baseline."""
+
+    def optimizer_for(problem_objective):
+        problem = Regularised(problem_objective, options.tv_delta, tv_beta, options.nonnegative)
+        return make_optimizer(
+            options.optimizer, problem, alpha0=options.alpha0, eps=options.eps, learning_rate=options.learning_rate
+        )
+
+    ptycho_iterations = options.ptycho_iterations or DEFAULT_PTYCHO_ITERATIONS.get(options.method, 0)
+    if options.method == "sequential":
+        return Sequential(objective, optimizer_for, ptycho_iterations, options.tolerance,
+                          direct=options.tomography == "fbp", step=options.ptycho_step, progress=progress)
+    if options.method == "admm":
+        return Admm(objective, optimizer_for, options.rho, options.rho_update, ptycho_iterations,
+                    options.tomo_iterations, options.ptycho_step)
+    return optimizer_for(objective)
+
+
+def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None, progress: bool = True,
+                comm: Comm = SOLO) -> Reconstruction:
+    """Reconstruct delta + i beta from ``data`` with ``options`` (defaults: the general-purpose choice).
+
+    Under torchrun ``data`` is this rank's share of the angles (distributed.read_share) and ``comm``
+    joins the ranks; every rank returns the same result.
+    """
     options = options or ReconstructOptions()
     options.check()
-    counts = median_frame_counts(data)  # one pass over the frames serves both uses
-    warnings = assess(data, counts)
-    for line in warnings:
+    counts = median_frame_counts(data, comm)  # one pass over the frames serves both uses
+    warnings = assess(data, counts, comm)
+    for line in warnings if comm.is_main else []:
         log.warning(line)
     torch.manual_seed(options.seed)
-    objective = build_objective(data, options)
+    objective = build_objective(data, options, comm)
     model = objective.model
     tv_beta = options.tv_beta * (beta_dose_factor(counts) if options.tv_dose_scaling else 1.0)
-    problem = Regularised(objective, options.tv_delta, tv_beta, options.nonnegative)
-    optimizer = make_optimizer(
-        options.optimizer, problem, alpha0=options.alpha0, eps=options.eps, learning_rate=options.learning_rate
-    )
+    iterations = options.iterations or (1 if options.tomography == "fbp" and options.method == "sequential"
+                                        else DEFAULT_ITERATIONS[options.method])
+    stepper = make_stepper(objective, options, tv_beta, progress and comm.is_main)
     to_u = objective.scaling.to_u
     truth = None
     if data.truth is not None:
         truth = torch.from_numpy(np.asarray(data.truth)).to(device=model.device, dtype=model.complex_dtype)
     u0 = torch.zeros(model.volume_shape, dtype=model.complex_dtype, device=model.device)
     result = iterate(
-        optimizer, u0, options.iterations, to_u, truth=truth, tolerance=options.tolerance,
+        stepper, u0, iterations, to_u, truth=truth, tolerance=options.tolerance,
         checkpoint_path=options.checkpoint or None, checkpoint_every=options.checkpoint_every,
         resume=load_checkpoint(options.resume) if options.resume else None, progress=progress,
-        description=f"{options.method}/{options.optimizer}",
+        description=options.method if options.method != "joint" else f"joint/{options.optimizer}",
+        main=comm.is_main,
     )
     volume = (result.u / to_u).cpu().numpy().astype(np.complex64)
     parameters = {k: v for k, v in asdict(options).items() if k != "method"}
     parameters.update(
-        stopped_by=result.stopped_by, cost_scale=objective.scaling.cost, phase_per_unit_x=to_u,
+        iterations_limit=iterations, stopped_by=result.stopped_by, cost_scale=objective.scaling.cost, phase_per_unit_x=to_u,
         angle_batch=model.angle_batch, device=str(model.device), warnings=warnings or ["none"],
         effective_tv_beta=tv_beta,
     )
+    parameters.update(ranks=comm.size, streamed=isinstance(data.intensities, LazyIntensities),
+                      sent_bytes_per_rank=comm.sent_bytes)
     if data.truth is not None:
         parameters.update(volume_errors(volume, data.truth))
     history = {k: np.asarray(v, dtype=np.float64) for k, v in result.history.columns.items()}

@@ -34,6 +34,9 @@ class Optimizer:
     def load_state_dict(self, state: dict) -> None:
         self.state = dict(state)
 
+    def objective_changed(self) -> None:
+        """The problem's data changed (ADMM's next target): drop what belonged to the old one."""
+
 
 class GradientDescent(Optimizer):
     """Algorithm 1 of the paper: x <- x - alpha grad; alpha <- alpha / (1 + eps n)."""
@@ -85,6 +88,9 @@ class Fista(Optimizer):
         s.update(L=lipschitz, previous=u, cost=cost_new)
         return candidate, cost_new
 
+    def objective_changed(self):
+        self.state.update(t=1.0, t_prev=1.0, cost=math.inf)
+
 
 class Lbfgs(Optimizer):
     """Limited-memory BFGS (Nocedal & Wright, Alg. 7.4) with a projected backtracking
@@ -114,6 +120,11 @@ class Lbfgs(Optimizer):
         real = torch.where((u.real <= 0) & (direction.real < 0), 0.0, direction.real)
         imag = torch.where((u.imag <= 0) & (direction.imag < 0), 0.0, direction.imag)
         return torch.complex(real, imag)
+
+    def objective_changed(self):
+        # Cost and gradient belong to the old problem; the curvature pairs stay valid
+        # when only a least-squares target moved (the Hessian does not depend on it).
+        self.state.update(cost=None, grad=None)
 
     def initial_inverse_hessian(self, v: torch.Tensor) -> torch.Tensor:
         return v if self.preconditioner is None else self.preconditioner(v)

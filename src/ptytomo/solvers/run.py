@@ -44,6 +44,20 @@ class RunResult:
     stopped_by: str  # iterations | tolerance | interrupted
 
 
+class Plateau:
+    """The tolerance rule: the relative cost change stayed below ``tolerance`` for ``patience`` steps."""
+
+    def __init__(self, tolerance: float, patience: int = 3, previous: float | None = None):
+        self.tolerance, self.patience, self.previous, self.quiet = tolerance, patience, previous, 0
+
+    def reached(self, cost: float) -> bool:
+        if self.tolerance and self.previous is not None:
+            change = abs(self.previous - cost) / max(abs(cost), 1e-30)
+            self.quiet = self.quiet + 1 if change < self.tolerance else 0
+        self.previous = cost
+        return bool(self.tolerance) and self.quiet >= self.patience
+
+
 def save_checkpoint(path: Path, payload: dict) -> None:
     """Atomic: a crash while writing leaves the previous checkpoint intact."""
     path = Path(path)
@@ -73,11 +87,15 @@ def iterate(
     resume: dict | None = None,
     progress: bool = True,
     description: str = "reconstruct",
+    main: bool = True,
 ) -> RunResult:
     """Run ``optimizer`` from ``u0`` (or a resumed checkpoint) for up to ``iterations`` in all.
 
     ``to_physical`` maps the solver's unknown to delta + i beta (x = u / to_physical).
     The tolerance stops when the relative cost change stays below it for 3 iterations.
+    Of several ranks (which all see the same costs) only the ``main`` one shows
+    progress and writes checkpoints; a checkpoint holds nothing rank-specific,
+    so it resumes on any number of ranks.
     """
     u = u0
     history = History()
@@ -91,7 +109,7 @@ def iterate(
         optimizer.load_state_dict(_to_device(resume["optimizer"], u0.device))
 
     def checkpoint(iteration: int) -> None:
-        if checkpoint_path:
+        if checkpoint_path and main:
             save_checkpoint(
                 checkpoint_path,
                 {"u": u.cpu(), "iteration": iteration, "history": history.columns,
@@ -99,30 +117,28 @@ def iterate(
             )
 
     stopped_by = "iterations"
-    quiet_steps = 0
+    plateau = Plateau(tolerance, previous=history.last("cost") if len(history) else None)
     started = time.perf_counter()
-    bar = tqdm(total=iterations, initial=start_iteration, desc=description, unit="it", disable=not progress or None)
+    bar = tqdm(total=iterations, initial=start_iteration, desc=description, unit="it",
+               disable=not (progress and main) or None)
     try:
         for iteration in range(start_iteration + 1, iterations + 1):
             u_next, cost = optimizer.step(u)
             u = u_next
             row = {"iteration": iteration, "cost": cost, "time_s": elapsed_before + time.perf_counter() - started}
+            row.update(getattr(optimizer, "diagnostics", {}))  # method-specific columns (ADMM residuals, ...)
             if truth is not None:
                 x = u / to_physical
                 row["rmse_delta"] = rmse(x.real, truth.real)
                 row["rmse_beta"] = rmse(x.imag, truth.imag)
-            previous = history.last("cost") if len(history) else None
             history.append(**row)
             bar.set_postfix(cost=f"{cost:.4g}")
             bar.update()
             if checkpoint_every and iteration % checkpoint_every == 0:
                 checkpoint(iteration)
-            if tolerance and previous is not None:
-                change = abs(previous - cost) / max(abs(cost), 1e-30)
-                quiet_steps = quiet_steps + 1 if change < tolerance else 0
-                if quiet_steps >= 3:
-                    stopped_by = "tolerance"
-                    break
+            if plateau.reached(cost):
+                stopped_by = "tolerance"
+                break
     except KeyboardInterrupt:
         stopped_by = "interrupted"
     finally:

@@ -1,0 +1,142 @@
+"""The paper's baselines as steppers for :func:`ptytomo.solvers.iterate` (METHOD.md).
+
+- :class:`Sequential`: ptychography of every angle to convergence first (its
+  own progress bar), then one tomography; each ``step`` is one iteration of
+  the tomography optimiser (or the whole FBP).
+- :class:`Admm`: ADMM-GD of Aslan et al. (2019); each ``step`` is one outer
+  iteration: proximal ptychography sweeps, tomography steps, multiplier
+  update, optional residual balancing of rho.
+
+Both share the run loop with the joint method, so history, progress bar,
+tolerance, Ctrl-C, checkpoints and resume behave the same.  The tomography
+half is a :class:`~ptytomo.solvers.priors.Regularised` least-squares problem
+solved by the same optimisers (TV and non-negativity included), so the
+baselines get the priors the joint method gets.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .run import Plateau
+from .subproblems import PtychographyRetrieval, TomographyObjective
+
+TomographySolver = Callable[[TomographyObjective], object]  # builds an optimiser for a target
+
+
+class Sequential:
+    """Sequential baseline: ``retrieve`` all angles, then tomography steps."""
+
+    def __init__(self, objective, solver: TomographySolver, ptycho_iterations: int, tolerance: float = 0.0,
+                 direct: bool = False, step: float = 1.0, progress: bool = True):
+        self.retrieval = PtychographyRetrieval(objective)
+        self.tomography = TomographyObjective(objective.model, self.retrieval.lit, objective.reduce)
+        self.solver = solver
+        self.ptycho_iterations = ptycho_iterations
+        self.tolerance = tolerance
+        self.direct = direct
+        self.step_size = step
+        self.progress = progress
+        self.inner = None
+        self.diagnostics: dict[str, float] = {}
+        self.ptycho_cost = float("nan")
+
+    def retrieve(self) -> None:
+        psi = self.retrieval.initial()
+        plateau = Plateau(self.tolerance)
+        with tqdm(total=self.ptycho_iterations, desc="sequential/ptychography", unit="it",
+                  disable=not self.progress or None) as bar:
+            for _ in range(self.ptycho_iterations):
+                cost = self.retrieval.sweep(psi, step=self.step_size)
+                bar.set_postfix(cost=f"{cost:.4g}")
+                bar.update()
+                if plateau.reached(cost):
+                    break
+        self.ptycho_cost = cost
+        self.tomography.target = self.retrieval.projections(psi)
+        self.inner = self.solver(self.tomography)
+
+    def step(self, u: torch.Tensor):
+        if self.tomography.target is None:
+            self.retrieve()
+        self.diagnostics = {"ptycho_cost": self.ptycho_cost}
+        if self.direct:
+            u = self.tomography.filtered_back_projection()
+            return u, self.tomography.value(u)
+        return self.inner.step(u)
+
+    def state_dict(self) -> dict:
+        return {"projections": self.tomography.target, "ptycho_cost": self.ptycho_cost,
+                "inner": None if self.inner is None else self.inner.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ptycho_cost = state["ptycho_cost"]
+        self.tomography.target = state["projections"]
+        if self.tomography.target is not None:
+            self.inner = self.solver(self.tomography)
+            if state["inner"] is not None:
+                self.inner.load_state_dict(state["inner"])
+
+
+class Admm:
+    """ADMM-GD: psi = exp(i R' u) split off, coupled by the multiplier ``lam`` and the penalty ``rho``."""
+
+    def __init__(self, objective, solver: TomographySolver, rho: float, rho_update: str, ptycho_iterations: int,
+                 tomo_iterations: int, ptycho_step: float = 1.0):
+        self.model = objective.model
+        self.retrieval = PtychographyRetrieval(objective)
+        self.tomography = TomographyObjective(objective.model, self.retrieval.lit, objective.reduce)
+        self.rho_update = rho_update
+        self.ptycho_iterations = ptycho_iterations
+        self.tomo_iterations = tomo_iterations
+        self.ptycho_step = ptycho_step
+        psi = self.retrieval.initial()
+        self.state = {"psi": psi, "h": psi.clone(), "lam": torch.zeros_like(psi), "rho": float(rho)}
+        # One tomography optimiser for the whole run: its curvature memory carries over targets.
+        self.inner = solver(self.tomography)
+        self.diagnostics: dict[str, float] = {}
+
+    def transmission(self, u: torch.Tensor) -> torch.Tensor:
+        """h = exp(i R' u) on the padded plane for all angles."""
+        h = torch.empty_like(self.state["psi"])
+        x = u / self.tomography.scaling.to_u
+        for b, batch in enumerate(self.model.batches):
+            h[batch] = self.model.transmission(x, b)
+        return h
+
+    def step(self, u: torch.Tensor):
+        st = self.state
+        psi, lam, rho = st["psi"], st["lam"], st["rho"]
+        # 1. ptychography: proximal steps towards h - lam / rho
+        target = st["h"] - lam / rho
+        for _ in range(self.ptycho_iterations):
+            cost = self.retrieval.sweep(psi, target, rho, self.ptycho_step)
+        # 2. tomography: fit R' u to -i log(psi + lam / rho)
+        self.tomography.target = self.retrieval.projections(psi + lam / rho)
+        self.inner.objective_changed()
+        for _ in range(self.tomo_iterations):
+            u, _ = self.inner.step(u)
+        # 3. multiplier and penalty
+        h_previous, st["h"] = st["h"], self.transmission(u)
+        lam += rho * (psi - st["h"])
+        reduce = self.tomography.reduce
+        primal = float(reduce(torch.linalg.vector_norm(psi - st["h"]).double() ** 2)) ** 0.5
+        dual = rho * float(reduce(torch.linalg.vector_norm(st["h"] - h_previous).double() ** 2)) ** 0.5
+        self.diagnostics = {"primal_residual": primal, "dual_residual": dual, "rho": rho}
+        if self.rho_update == "balance":
+            if primal > 10 * dual:
+                st["rho"] = 2 * rho
+            elif dual > 10 * primal:
+                st["rho"] = rho / 2
+        return u, cost
+
+    def state_dict(self) -> dict:
+        return {**self.state, "inner": self.inner.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        self.inner.load_state_dict(state.pop("inner"))
+        self.state = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in state.items()}
