@@ -138,7 +138,12 @@ def test_cli_runs_the_baselines_and_rejects_bad_options(small, tmp_path, capsys)
     recon = read_reconstruction(out)
     assert recon.method == "admm" and recon.parameters["rho_update"] == "balance"
     assert len(recon.history["primal_residual"]) == 2
+    checkpoint = tmp_path / "joint.ckpt"
+    assert main(["reconstruct", str(data_path), "-o", str(tmp_path / "j.h5"), "--iterations", "1", "--quiet",
+                 "--checkpoint", str(checkpoint)]) == 0
     for bad, name in ((["--rho-update", "sometimes"], "--rho-update"), (["--tomography", "art"], "--tomography"),
-                      (["--method", "sequential", "--loss", "intensity"], "--loss"), (["--rho", "0"], "--rho")):
+                      (["--method", "sequential", "--loss", "intensity"], "--loss"), (["--rho", "0"], "--rho"),
+                      (["--rho", "nan"], "--rho"), (["--method", "admm", "--tomography", "fbp"], "--tomography"),
+                      (["--method", "admm", "--resume", str(checkpoint)], "--resume")):
         assert main(["reconstruct", str(data_path), "-o", str(tmp_path / "x.h5"), "--quiet", *bad]) == 2
         assert name in capsys.readouterr().err

@@ -154,13 +154,21 @@ def test_ranks_give_the_one_rank_result_and_checkpoints_resume_on_one(ranks, dat
 @pytest.mark.parametrize("method", ["sequential", "admm"])
 def test_baselines_split_over_ranks_give_the_one_rank_result(method, data_file, tmp_path):
     """Per-angle ptychography is split like the joint gradient; the tomography sums over ranks."""
-    options = ["--method", method, "--iterations", "3", "--ptycho-iterations", "5", "--tomo-iterations", "2", *RUN]
-    assert main(["reconstruct", str(data_file), "-o", str(tmp_path / "one.h5"), *options]) == 0
-    done = torchrun(2, "reconstruct", data_file, "-o", tmp_path / "two.h5", *options)
+    options = ["--method", method, "--ptycho-iterations", "5", "--tomo-iterations", "2", *RUN]
+    for iterations in (3, 5):
+        assert main(["reconstruct", str(data_file), "-o", str(tmp_path / f"one{iterations}.h5"),
+                     "--iterations", str(iterations), *options]) == 0
+    checkpoint = tmp_path / "two.ckpt"
+    done = torchrun(2, "reconstruct", data_file, "-o", tmp_path / "two.h5", "--iterations", 3,
+                    "--checkpoint", checkpoint, *options)
     assert done.returncode == 0, done.stderr[-3000:]
-    recon, reference = read_reconstruction(tmp_path / "two.h5"), read_reconstruction(tmp_path / "one.h5")
+    recon = read_reconstruction(tmp_path / "two.h5")
     assert recon.method == method and recon.parameters["ranks"] == 2
-    assert_same_run(recon, reference)
+    assert_same_run(recon, read_reconstruction(tmp_path / "one3.h5"))
+    # The per-angle state (projections; psi, h, lambda) of both ranks is in the checkpoint.
+    assert main(["reconstruct", str(data_file), "-o", str(tmp_path / "resumed.h5"), "--iterations", "5",
+                 "--resume", str(checkpoint), *options]) == 0
+    assert_same_run(read_reconstruction(tmp_path / "resumed.h5"), read_reconstruction(tmp_path / "one5.h5"))
 
 
 def test_a_rank_failing_mid_run_ends_the_job_with_its_message(data_file, tmp_path):

@@ -235,6 +235,15 @@ def test_low_dose_gives_a_quiet_beta():
     assert quiet.parameters["effective_tv_beta"] == pytest.approx(0.01 * beta_dose_factor(median_frame_counts(data)))
 
 
+def test_assess_handles_windows_beside_the_volume():
+    """Wide scans of a small volume put whole windows outside it on one axis."""
+    from ptytomo.reconstruct import assess, median_frame_counts
+
+    data = simulate(SimulationConfig(size=16, detector_size=15, probe_diameter=7, step=1, n_angles=4), progress=False)
+    assert assess(data, median_frame_counts(data)) == [
+        "few angles (4 for 16 voxels across): expect streaks from angular undersampling"]
+
+
 def test_a_foreign_file_reconstructs_with_the_defaults(tmp_path):
     """A file as another producer might write it with plain h5py: a complex band-limited
     probe, random fractional positions (not a raster), a different count of valid

@@ -48,6 +48,7 @@ def ssim(estimate, truth, sigma: float = 1.5, radius: int = 5) -> float:
     window (sigma 1.5, 11 taps) applied separably in 3D; the dynamic range is
     the truth's, so a volume scaled by a factor is penalised, not hidden.
     """
+    radius = min(radius, (min(np.shape(truth)) - 1) // 2)  # the window fits small volumes too
     x = torch.as_tensor(np.asarray(truth), dtype=torch.float64)[None, None]
     y = torch.as_tensor(np.asarray(estimate), dtype=torch.float64)[None, None]
     taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float64) / sigma) ** 2)

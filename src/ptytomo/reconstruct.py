@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -84,10 +85,13 @@ class ReconstructOptions:
         if self.method != "joint" and self.loss not in PTYCHO_STEP:
             raise PtytomoError(f"--loss {self.loss} works with --method joint only; "
                                f"--method {self.method} takes {' or '.join(PTYCHO_STEP)}")
+        if self.tomography == "fbp" and self.method != "sequential":
+            raise PtytomoError(f"--tomography fbp is for --method sequential, not {self.method}")
         if self.tomography == "fbp" and self.iterations > 1:
             raise PtytomoError("--tomography fbp is direct: leave --iterations unset")
-        if self.rho <= 0 or self.ptycho_step <= 0:
-            raise PtytomoError(f"--rho and --ptycho-step must be > 0, got {self.rho} and {self.ptycho_step}")
+        for name in ("rho", "ptycho_step"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise PtytomoError(f"--{name.replace('_', '-')} must be a number > 0, got {getattr(self, name)}")
         for name in ("iterations", "tv_delta", "tv_beta", "tolerance", "checkpoint_every", "angle_batch",
                      "ptycho_iterations", "tomo_iterations"):
             if getattr(self, name) < 0:
@@ -143,6 +147,8 @@ def assess(data: PtychoTomoData, counts: float, comm: Comm = SOLO) -> list[str]:
     m = data.detector_size
     for r, c in np.round(data.positions[valid]).astype(int):
         rows, cols = slice(max(r, 0), min(r + m, nz)), slice(max(c, 0), min(c + m, nx))
+        if rows.stop <= rows.start or cols.stop <= cols.start:
+            continue  # a window beside the volume (wide scans, small volumes)
         illuminated[rows, cols] |= support[rows.start - r : rows.stop - r, cols.start - c : cols.stop - c]
     illuminated = comm.union(illuminated)
     if illuminated.mean() < 0.99:
@@ -165,7 +171,8 @@ def build_objective(data: PtychoTomoData, options: ReconstructOptions, comm: Com
     return JointObjective(model, amplitudes, options.loss, data.mask, reduce=comm.sum)
 
 
-def make_stepper(objective: JointObjective, options: ReconstructOptions, tv_beta: float, progress: bool = True):
+def make_stepper(objective: JointObjective, options: ReconstructOptions, tv_beta: float, progress: bool = True,
+                 comm: Comm = SOLO):
     """The object ``iterate`` steps for ``options.method``: an optimiser (joint) or a baseline."""
 
     def optimizer_for(problem_objective):
@@ -177,10 +184,10 @@ def make_stepper(objective: JointObjective, options: ReconstructOptions, tv_beta
     ptycho_iterations = options.ptycho_iterations or DEFAULT_PTYCHO_ITERATIONS.get(options.method, 0)
     if options.method == "sequential":
         return Sequential(objective, optimizer_for, ptycho_iterations, options.tolerance,
-                          direct=options.tomography == "fbp", step=options.ptycho_step, progress=progress)
+                          direct=options.tomography == "fbp", step=options.ptycho_step, progress=progress, comm=comm)
     if options.method == "admm":
         return Admm(objective, optimizer_for, options.rho, options.rho_update, ptycho_iterations,
-                    options.tomo_iterations, options.ptycho_step)
+                    options.tomo_iterations, options.ptycho_step, comm=comm)
     return optimizer_for(objective)
 
 
@@ -203,7 +210,7 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
     tv_beta = options.tv_beta * (beta_dose_factor(counts) if options.tv_dose_scaling else 1.0)
     iterations = options.iterations or (1 if options.tomography == "fbp" and options.method == "sequential"
                                         else DEFAULT_ITERATIONS[options.method])
-    stepper = make_stepper(objective, options, tv_beta, progress and comm.is_main)
+    stepper = make_stepper(objective, options, tv_beta, progress and comm.is_main, comm)
     to_u = objective.scaling.to_u
     truth = None
     if data.truth is not None:
@@ -213,6 +220,7 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
         stepper, u0, iterations, to_u, truth=truth, tolerance=options.tolerance,
         checkpoint_path=options.checkpoint or None, checkpoint_every=options.checkpoint_every,
         resume=load_checkpoint(options.resume) if options.resume else None, progress=progress,
+        identity={"method": options.method, "optimizer": options.optimizer, "precision": options.precision},
         description=options.method if options.method != "joint" else f"joint/{options.optimizer}",
         main=comm.is_main,
     )

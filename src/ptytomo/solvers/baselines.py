@@ -21,17 +21,33 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from ..distributed import SOLO, Comm, partition
 from .run import Plateau
 from .subproblems import PtychographyRetrieval, TomographyObjective
 
 TomographySolver = Callable[[TomographyObjective], object]  # builds an optimiser for a target
 
 
+def gather_angles(comm: Comm, local: torch.Tensor | None):
+    """All ranks' per-angle state in angle order (on CPU), so a checkpoint resumes on any rank count."""
+    if local is None:
+        return None
+    return torch.from_numpy(comm.gather(local.cpu().numpy()))
+
+
+def share_of(comm: Comm, whole: torch.Tensor | None, like: torch.Tensor):
+    """This rank's angles of a gathered per-angle state, on ``like``'s device."""
+    if whole is None:
+        return None
+    return whole[partition(whole.shape[0], comm.size, comm.rank)].to(like.device)
+
+
 class Sequential:
     """Sequential baseline: ``retrieve`` all angles, then tomography steps."""
 
     def __init__(self, objective, solver: TomographySolver, ptycho_iterations: int, tolerance: float = 0.0,
-                 direct: bool = False, step: float = 1.0, progress: bool = True):
+                 direct: bool = False, step: float = 1.0, progress: bool = True, comm: Comm = SOLO):
+        self.comm = comm
         self.retrieval = PtychographyRetrieval(objective)
         self.tomography = TomographyObjective(objective.model, self.retrieval.lit, objective.reduce)
         self.solver = solver
@@ -69,12 +85,12 @@ class Sequential:
         return self.inner.step(u)
 
     def state_dict(self) -> dict:
-        return {"projections": self.tomography.target, "ptycho_cost": self.ptycho_cost,
+        return {"projections": gather_angles(self.comm, self.tomography.target), "ptycho_cost": self.ptycho_cost,
                 "inner": None if self.inner is None else self.inner.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.ptycho_cost = state["ptycho_cost"]
-        self.tomography.target = state["projections"]
+        self.tomography.target = share_of(self.comm, state["projections"], self.retrieval.lit)
         if self.tomography.target is not None:
             self.inner = self.solver(self.tomography)
             if state["inner"] is not None:
@@ -85,7 +101,8 @@ class Admm:
     """ADMM-GD: psi = exp(i R' u) split off, coupled by the multiplier ``lam`` and the penalty ``rho``."""
 
     def __init__(self, objective, solver: TomographySolver, rho: float, rho_update: str, ptycho_iterations: int,
-                 tomo_iterations: int, ptycho_step: float = 1.0):
+                 tomo_iterations: int, ptycho_step: float = 1.0, comm: Comm = SOLO):
+        self.comm = comm
         self.model = objective.model
         self.retrieval = PtychographyRetrieval(objective)
         self.tomography = TomographyObjective(objective.model, self.retrieval.lit, objective.reduce)
@@ -114,8 +131,10 @@ class Admm:
         target = st["h"] - lam / rho
         for _ in range(self.ptycho_iterations):
             cost = self.retrieval.sweep(psi, target, rho, self.ptycho_step)
-        # 2. tomography: fit R' u to -i log(psi + lam / rho)
-        self.tomography.target = self.retrieval.projections(psi + lam / rho)
+        # 2. tomography: fit R' u to -i log(psi + lam / rho), unwrapped relative to the current
+        # projections so that the phase of a thick sample never has to be unwrapped from scratch
+        current = torch.cat([self.tomography.project(u, b) for b in range(len(self.model.batches))])
+        self.tomography.target = self.retrieval.projections(psi + lam / rho, reference=current)
         self.inner.objective_changed()
         for _ in range(self.tomo_iterations):
             u, _ = self.inner.step(u)
@@ -133,10 +152,22 @@ class Admm:
                 st["rho"] = rho / 2
         return u, cost
 
+    # Per-angle state and its value on the free-space padding, which each rank sizes from its own
+    # scan positions: checkpoints keep the volume's projection box, the same shape on every rank.
+    PER_ANGLE = {"psi": 1.0, "h": 1.0, "lam": 0.0}
+
     def state_dict(self) -> dict:
-        return {**self.state, "inner": self.inner.state_dict()}
+        state = {k: gather_angles(self.comm, self.model.crop(v)) if k in self.PER_ANGLE else v
+                 for k, v in self.state.items()}
+        return {**state, "inner": self.inner.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         state = dict(state)
         self.inner.load_state_dict(state.pop("inner"))
-        self.state = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in state.items()}
+        like = self.state["psi"]
+        self.state = {}
+        for key, value in state.items():
+            if key in self.PER_ANGLE:
+                free = self.PER_ANGLE[key]
+                value = self.model.pad(share_of(self.comm, value, like) - free) + free
+            self.state[key] = value

@@ -47,8 +47,8 @@ class RunResult:
 class Plateau:
     """The tolerance rule: the relative cost change stayed below ``tolerance`` for ``patience`` steps."""
 
-    def __init__(self, tolerance: float, patience: int = 3, previous: float | None = None):
-        self.tolerance, self.patience, self.previous, self.quiet = tolerance, patience, previous, 0
+    def __init__(self, tolerance: float, patience: int = 3):
+        self.tolerance, self.patience, self.previous, self.quiet = tolerance, patience, None, 0
 
     def reached(self, cost: float) -> bool:
         if self.tolerance and self.previous is not None:
@@ -88,6 +88,7 @@ def iterate(
     progress: bool = True,
     description: str = "reconstruct",
     main: bool = True,
+    identity: dict | None = None,
 ) -> RunResult:
     """Run ``optimizer`` from ``u0`` (or a resumed checkpoint) for up to ``iterations`` in all.
 
@@ -95,13 +96,17 @@ def iterate(
     The tolerance stops when the relative cost change stays below it for 3 iterations.
     Of several ranks (which all see the same costs) only the ``main`` one shows
     progress and writes checkpoints; a checkpoint holds nothing rank-specific,
-    so it resumes on any number of ranks.
+    so it resumes on any number of ranks.  ``identity`` (method, optimiser,
+    precision) is stored with it, and a checkpoint of another kind is refused.
     """
     u = u0
     history = History()
     start_iteration = 0
     elapsed_before = 0.0
     if resume is not None:
+        if identity and resume.get("identity", identity) != identity:
+            written = " ".join(f"--{k} {v}" for k, v in resume["identity"].items())
+            raise PtytomoError(f"--resume: the checkpoint was written with {written}; use the same options")
         u = resume["u"].to(device=u0.device, dtype=u0.dtype)
         history = History({k: list(v) for k, v in resume["history"].items()})
         start_iteration = int(resume["iteration"])
@@ -109,15 +114,19 @@ def iterate(
         optimizer.load_state_dict(_to_device(resume["optimizer"], u0.device))
 
     def checkpoint(iteration: int) -> None:
-        if checkpoint_path and main:
-            save_checkpoint(
-                checkpoint_path,
-                {"u": u.cpu(), "iteration": iteration, "history": history.columns,
-                 "optimizer": _to_device(optimizer.state_dict(), torch.device("cpu"))},
-            )
+        if checkpoint_path:
+            state = optimizer.state_dict()  # on every rank: a baseline gathers its per-angle state
+            if main:
+                save_checkpoint(
+                    checkpoint_path,
+                    {"u": u.cpu(), "iteration": iteration, "history": history.columns, "identity": identity,
+                     "optimizer": _to_device(state, torch.device("cpu"))},
+                )
 
     stopped_by = "iterations"
-    plateau = Plateau(tolerance, previous=history.last("cost") if len(history) else None)
+    plateau = Plateau(tolerance)
+    for cost in history.columns.get("cost", []):  # a resumed run stops where the whole run would
+        plateau.reached(cost)
     started = time.perf_counter()
     bar = tqdm(total=iterations, initial=start_iteration, desc=description, unit="it",
                disable=not (progress and main) or None)

@@ -82,16 +82,24 @@ class PtychographyRetrieval:
             grad = q.adjoint(r)
             if rho:
                 grad += rho * (psi[batch] - target[batch])
-            psi[batch] -= (step * self.step_size) * grad / (self.denominator[batch] + rho)
+            # The loss's curvature scales the data term's diagonal only, not the proximal term's rho.
+            psi[batch] -= step * grad / (self.denominator[batch] / self.step_size + rho)
         psi[:, self.free_space] = 1.0
         return float(objective.reduce(total))  # global, so every rank stops at the same sweep
 
-    def projections(self, psi: torch.Tensor) -> torch.Tensor:
-        """xi = unwrap(angle psi) + i (-ln |psi|) on the volume's projection box, (A, Nz, Nu)."""
+    def projections(self, psi: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+        """xi = -i log(psi) = unwrap(angle psi) + i (-ln |psi|) on the volume's projection box, (A, Nz, Nu).
+
+        With ``reference`` projections p, the logarithm is taken of psi exp(-i p) and p added back:
+        only the (small) change from p is unwrapped.
+        """
         psi = self.model.crop(psi)
+        if reference is not None:
+            psi = psi * torch.exp(-1j * reference)
         phase = unwrap_phase(torch.angle(psi))
         attenuation = -torch.log(psi.abs().clamp_min(1e-6))
-        return torch.complex(phase, attenuation)
+        xi = torch.complex(phase, attenuation)
+        return xi if reference is None else xi + reference
 
 
 def _wrap(phase: torch.Tensor) -> torch.Tensor:
