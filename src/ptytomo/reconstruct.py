@@ -224,6 +224,8 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
         description=options.method if options.method != "joint" else f"joint/{options.optimizer}",
         main=comm.is_main,
     )
+    if hasattr(objective.amplitudes, "close"):  # a streamed data set: stop its read-ahead thread
+        objective.amplitudes.close()
     volume = (result.u / to_u).cpu().numpy().astype(np.complex64)
     parameters = {k: v for k, v in asdict(options).items() if k != "method"}
     parameters.update(
