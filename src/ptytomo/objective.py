@@ -57,6 +57,16 @@ def detector_residual(loss: str, field: torch.Tensor, measured: torch.Tensor, we
     return cost_map.sum(), r
 
 
+def power_iteration(apply, v: torch.Tensor, iterations: int) -> float:
+    """Largest eigenvalue of the positive semi-definite operator ``apply``, from the unit vector ``v``."""
+    value = 0.0
+    for _ in range(iterations):
+        out = apply(v)
+        value = float(torch.linalg.vector_norm(out))
+        v = out / value
+    return value
+
+
 @dataclass
 class Scaling:
     """Maps between the physical volume x and the solver's unknown u."""
@@ -133,8 +143,8 @@ class JointObjective:
         v = torch.randn(model.volume_shape, generator=generator, dtype=torch.float64)
         v = torch.complex(v, torch.randn(model.volume_shape, generator=generator, dtype=torch.float64))
         v = (v / torch.linalg.vector_norm(v)).to(device=model.device, dtype=model.complex_dtype)
-        value = 0.0
-        for _ in range(iterations):
+
+        def gauss_newton(v):
             out = torch.zeros_like(v)
             for b in range(len(model.batches)):
                 # At u = 0 the transmission is 1, so J du = Q(i R' du).
@@ -145,7 +155,6 @@ class JointObjective:
                     field = field * weight
                 back = model.crop(model.ptychography(b).adjoint(field))
                 out += model.projector(b).adjoint(-1j * back) / model.voxel_size_m
-            out = 2 * self.reduce(out)
-            value = float(torch.linalg.vector_norm(out))
-            v = out / value
-        return value
+            return 2 * self.reduce(out)
+
+        return power_iteration(gauss_newton, v, iterations)

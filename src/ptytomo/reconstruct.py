@@ -93,7 +93,7 @@ class ReconstructOptions:
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise PtytomoError(f"--{name.replace('_', '-')} must be a number > 0, got {getattr(self, name)}")
         for name in ("iterations", "tv_delta", "tv_beta", "tolerance", "checkpoint_every", "angle_batch",
-                     "ptycho_iterations", "tomo_iterations"):
+                     "ptycho_iterations"):
             if getattr(self, name) < 0:
                 raise PtytomoError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.tomo_iterations < 1:
@@ -208,8 +208,7 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
     objective = build_objective(data, options, comm)
     model = objective.model
     tv_beta = options.tv_beta * (beta_dose_factor(counts) if options.tv_dose_scaling else 1.0)
-    iterations = options.iterations or (1 if options.tomography == "fbp" and options.method == "sequential"
-                                        else DEFAULT_ITERATIONS[options.method])
+    iterations = options.iterations or (1 if options.tomography == "fbp" else DEFAULT_ITERATIONS[options.method])
     stepper = make_stepper(objective, options, tv_beta, progress and comm.is_main, comm)
     to_u = objective.scaling.to_u
     truth = None

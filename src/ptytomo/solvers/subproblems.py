@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from ..objective import TARGET_LIPSCHITZ, JointObjective, Scaling, detector_residual
+from ..objective import TARGET_LIPSCHITZ, JointObjective, Scaling, detector_residual, power_iteration
 
 # rPIE-style floor of the illumination preconditioner, as a fraction of the
 # brightest pixel of the angle: weakly lit pixels take small steps instead of
@@ -63,7 +63,7 @@ class PtychographyRetrieval:
         self.lit = model.crop(self.illumination > LIT_FRACTION * brightest)  # (A, Nz, Nu)
         self.free_space = torch.ones((height, width), dtype=torch.bool, device=model.device)
         model.crop(self.free_space).fill_(False)
-        self.step_size = PTYCHO_STEP[objective.loss]
+        self.loss_step = PTYCHO_STEP[objective.loss]
 
     def initial(self) -> torch.Tensor:
         """Empty beam everywhere: psi = 1."""
@@ -83,7 +83,7 @@ class PtychographyRetrieval:
             if rho:
                 grad += rho * (psi[batch] - target[batch])
             # The loss's curvature scales the data term's diagonal only, not the proximal term's rho.
-            psi[batch] -= step * grad / (self.denominator[batch] / self.step_size + rho)
+            psi[batch] -= step * grad / (self.denominator[batch] / self.loss_step + rho)
         psi[:, self.free_space] = 1.0
         return float(objective.reduce(total))  # global, so every rank stops at the same sweep
 
@@ -188,13 +188,12 @@ class TomographyObjective:
         generator = torch.Generator().manual_seed(0)
         v = torch.randn(self.model.volume_shape, generator=generator, dtype=torch.float64)
         v = (v / torch.linalg.vector_norm(v)).to(device=self.model.device, dtype=self.model.real_dtype)
-        value = 1.0
-        for _ in range(iterations):
-            out = self.reduce(sum(self.back_project(2 * self.weight[batch] * self.project(v, b), b)
-                                  for b, batch in enumerate(self.model.batches)))
-            value = float(torch.linalg.vector_norm(out))
-            v = out / value
-        return value
+
+        def normal_operator(v):
+            return self.reduce(sum(self.back_project(2 * self.weight[batch] * self.project(v, b), b)
+                                   for b, batch in enumerate(self.model.batches)))
+
+        return power_iteration(normal_operator, v, iterations)
 
     def filtered_back_projection(self) -> torch.Tensor:
         """Ram-Lak FBP of the target: ``(pi / A) R'^T (|w| * xi)``, for angles covering pi or 2 pi evenly."""
