@@ -24,8 +24,8 @@ from typing import Any, Iterator
 import h5py
 import numpy as np
 
-from . import physics
-from .errors import PtytomoError
+from .. import physics
+from ..errors import PtytomoError
 
 DATA_FORMAT = "ptytomo"
 RECONSTRUCTION_FORMAT = "ptytomo-reconstruction"
@@ -43,6 +43,10 @@ GEOMETRY = "/geometry"
 TRUTH = "/truth/volume"
 SIMULATION = "/simulation"
 VOLUME = "/reconstruction/volume"
+REFINED_PROBE = "/reconstruction/probe"
+REFINED_POSITIONS = "/reconstruction/positions"
+ANGLE_SHIFTS = "/reconstruction/angle_shifts"
+TRANSMISSION = "/reconstruction/transmission"
 RECONSTRUCTION = "/reconstruction"
 HISTORY = "/history"
 
@@ -99,7 +103,7 @@ class PtychoTomoData:
     intensities: np.ndarray  # float32 (A, J, M, M), photon counts, DC at centre (LazyIntensities: streamed)
     positions: np.ndarray  # float64 (A, J, 2), (r, c) top-left window corners
     angles: np.ndarray  # float64 (A,), radians
-    probe: np.ndarray  # complex64 (M, M)
+    probe: np.ndarray  # complex64 (M, M), or (K, M, M) incoherent modes (intensities add)
     geometry: Geometry
     valid: np.ndarray | None = None  # bool (A, J); False marks padding entries
     mask: np.ndarray | None = None  # bool (M, M); False marks dead pixels
@@ -119,6 +123,12 @@ class PtychoTomoData:
     def detector_size(self) -> int:
         return int(self.intensities.shape[-1])
 
+    @property
+    def probe_modes(self) -> np.ndarray:
+        """The probe as (K, M, M) modes, K = 1 for a single coherent probe."""
+        probe = np.asarray(self.probe)
+        return probe[None] if probe.ndim == 2 else probe
+
     def valid_or_all(self) -> np.ndarray:
         """Bool (A, J) mask of the real measurements, so callers need no None check."""
         if self.valid is None:
@@ -135,6 +145,11 @@ class Reconstruction:
     parameters: dict  # str/int/float/bool/None/lists; None is stored as "none"
     history: dict[str, np.ndarray]  # float64 (K,) columns incl. iteration, cost, time_s
     geometry: Geometry
+    # Optional, written when the reconstruction refined them (FORMAT.md), in the data file's coordinates:
+    probe: np.ndarray | None = None  # complex64 (K, M, M) refined probe modes, strongest first
+    positions: np.ndarray | None = None  # float64 (A, J, 2) refined window corners (r, c), pixels
+    angle_shifts: np.ndarray | None = None  # float64 (A, 2) offset added to every position of angle a
+    transmission: np.ndarray | None = None  # complex64 (A, Nz, Nu) per-angle transmissions (--method ptycho)
 
 
 # --------------------------------------------------------------------------
@@ -383,12 +398,7 @@ def validate_data(data: PtychoTomoData, source: str = "data") -> None:
     _check_shape(source, ANGLES, angles, (n_angles,), "(A,)")
     _check_finite(source, ANGLES, _to_real(angles, np.float64))
 
-    probe = _as_array(source, PROBE, data.probe, _COMPLEX_KINDS)
-    _check_shape(source, PROBE, probe, (m, m), "(M, M)")
-    probe = _to_complex64(probe)
-    _check_finite(source, PROBE, probe)
-    if not np.any(probe):
-        raise _error(source, f"{PROBE} is zero everywhere; it sets the illumination")
+    _check_probe(source, PROBE, data.probe, m)
 
     if data.mask is not None:
         mask = _to_flags(source, MASK, _as_array(source, MASK, data.mask, _FLAG_KINDS))
@@ -402,6 +412,19 @@ def validate_data(data: PtychoTomoData, source: str = "data") -> None:
         _check_finite(source, TRUTH, _to_complex64(truth))
 
     _check_windows_overlap(source, positions, valid, m, nz, nx)
+
+
+def _check_probe(source: str, name: str, probe, m: int) -> None:
+    """A probe is (M, M) or (K, M, M) incoherent modes, finite and not all zero."""
+    probe = _as_array(source, name, probe, _COMPLEX_KINDS)
+    if probe.ndim == 3 and probe.shape[0] >= 1:
+        _check_shape(source, name, probe, (probe.shape[0], m, m), "(K, M, M)")
+    else:
+        _check_shape(source, name, probe, (m, m), "(M, M)")
+    probe = _to_complex64(probe)
+    _check_finite(source, name, probe)
+    if not np.any(probe):
+        raise _error(source, f"{name} is zero everywhere; it sets the illumination")
 
 
 def _valid_flags(source: str, valid, n_angles: int, n_positions: int) -> np.ndarray:
@@ -467,6 +490,9 @@ def write_reconstruction(path, recon: Reconstruction) -> None:
         group.create_dataset("volume", data=_to_complex64(recon.volume), **_COMPRESSION)
         group.attrs["method"] = recon.method
         group.attrs.update(parameters)
+        for name, value, convert in _optional_reconstruction_fields(recon):
+            if value is not None:
+                f.create_dataset(name, data=convert(value))
         history = f.create_group(HISTORY, track_order=True)
         for name, column in recon.history.items():
             history.create_dataset(name, data=np.asarray(column, dtype=np.float64))
@@ -496,9 +522,30 @@ def read_reconstruction(path) -> Reconstruction:
             if isinstance(member, h5py.Dataset):  # anything else is not a column
                 column_field = f"{HISTORY}/{name}"
                 history[name] = _to_real(_read_array(f, source, column_field, _REAL_KINDS), np.float64)
-    recon = Reconstruction(volume=volume, method=method, parameters=parameters, history=history, geometry=geometry)
+        optional = {}
+        for name, _, convert in _optional_reconstruction_fields(None):
+            if f.get(name) is not None:
+                kinds = _COMPLEX_KINDS if convert is _to_complex64 else _REAL_KINDS
+                optional[name.rsplit("/", 1)[1]] = convert(_read_array(f, source, name, kinds))
+    recon = Reconstruction(volume=volume, method=method, parameters=parameters, history=history, geometry=geometry,
+                           **optional)
     validate_reconstruction(recon, source)
     return recon
+
+
+def _to_float64(array) -> np.ndarray:
+    return _to_real(array, np.float64)
+
+
+def _optional_reconstruction_fields(recon: Reconstruction | None):
+    """(path, value, converter) of the refined unknowns FORMAT.md names beside the volume."""
+    get = (lambda name: None) if recon is None else (lambda name: getattr(recon, name))
+    return [
+        (REFINED_PROBE, get("probe"), _to_complex64),
+        (REFINED_POSITIONS, get("positions"), _to_float64),
+        (ANGLE_SHIFTS, get("angle_shifts"), _to_float64),
+        (TRANSMISSION, get("transmission"), _to_complex64),
+    ]
 
 
 def validate_reconstruction(recon: Reconstruction, source: str = "reconstruction") -> None:
@@ -517,6 +564,25 @@ def validate_reconstruction(recon: Reconstruction, source: str = "reconstruction
     if "method" in recon.parameters:
         raise _error(source, f"{RECONSTRUCTION} parameter 'method' clashes with the method attribute")
     _encode_attrs(recon.parameters, source, RECONSTRUCTION)
+
+    if recon.probe is not None:
+        probe = _as_array(source, REFINED_PROBE, recon.probe, _COMPLEX_KINDS)
+        if probe.ndim != 3 or probe.shape[1] != probe.shape[2] or probe.shape[0] < 1:
+            raise _error(source, f"{REFINED_PROBE} has shape {probe.shape}, expected (K, M, M)")
+    if recon.positions is not None:
+        positions = _as_array(source, REFINED_POSITIONS, recon.positions, _REAL_KINDS)
+        if positions.ndim != 3 or positions.shape[2] != 2:
+            raise _error(source, f"{REFINED_POSITIONS} has shape {positions.shape}, expected (A, J, 2)")
+    if recon.angle_shifts is not None:
+        shifts = _as_array(source, ANGLE_SHIFTS, recon.angle_shifts, _REAL_KINDS)
+        if shifts.ndim != 2 or shifts.shape[1] != 2:
+            raise _error(source, f"{ANGLE_SHIFTS} has shape {shifts.shape}, expected (A, 2)")
+    if recon.transmission is not None:
+        transmission = _as_array(source, TRANSMISSION, recon.transmission, _COMPLEX_KINDS)
+        nz, _, nx = recon.geometry.volume_shape
+        if transmission.ndim != 3 or transmission.shape[1:] != (nz, nx):
+            raise _error(source, f"{TRANSMISSION} has shape {transmission.shape}, expected (A, Nz, Nu) "
+                                 f"= (A, {nz}, {nx})")
 
     if not isinstance(recon.history, dict):
         raise _error(source, f"{HISTORY} must be a dict of columns, got {type(recon.history).__name__}")

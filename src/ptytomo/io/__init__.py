@@ -1,0 +1,16 @@
+"""File input and output: one module per layout.
+
+- :mod:`.ptytomo_format`: ptytomo's own data and reconstruction files (FORMAT.md).
+
+Everything the rest of the package and users need is re-exported here, so
+``from ptytomo.io import read_data`` keeps working whatever module holds it.
+"""
+
+from .ptytomo_format import *  # noqa: F401,F403
+from .ptytomo_format import (  # noqa: F401  (names the package's modules use)
+    ANGLES, DATA_FORMAT, FORMAT_VERSION, GEOMETRY, HISTORY, INTENSITIES, MASK, POSITIONS, PROBE,
+    RECONSTRUCTION, RECONSTRUCTION_FORMAT, SIMULATION, TRUTH, VALID, VOLUME,
+    Geometry, LazyIntensities, PtychoTomoData, Reconstruction, atomic_h5, intensities_shape, read_data,
+    read_intensities, read_reconstruction, validate_data, validate_reconstruction, write_data,
+    write_reconstruction,
+)
