@@ -81,8 +81,9 @@ def test_info_overlap_with_a_probe_file(tmp_path, capsys):
     assert code == 0, err
     code, out, _ = run(capsys, "info", path)
     overlap = next(line for line in out.splitlines() if line.startswith("overlap"))
-    # 1 - 3/D with D the effective width of the 7 px disc actually used (6.9 px: a pixelated disc), not the unused default 15
-    assert "56%" in overlap or "57%" in overlap
+    # 1 - 3/D with D the 90 %-power width of the 7 px disc actually used (6.5 px = sqrt(0.9) x 6.9 px of a
+    # pixelated disc), not the unused default 15
+    assert "54%" in overlap
 
 
 # ---------------------------------------------------------------------------

@@ -362,8 +362,9 @@ def test_disc_probe_and_photon_scaling():
 
 
 def test_probe_diameter_estimate():
+    # the disc holding 90 % of the power: sqrt(0.9) D for a flat disc of diameter D
     for diameter in (7.0, 15.0, 31.0):
-        assert probe_diameter_estimate(disc_probe(63, diameter)) == pytest.approx(diameter, rel=0.02)
+        assert probe_diameter_estimate(disc_probe(63, diameter)) == pytest.approx(math.sqrt(0.9) * diameter, rel=0.025)
     # the scale of the probe does not matter
     assert probe_diameter_estimate(disc_probe(63, 15.0, photons=1e9)) == pytest.approx(
         probe_diameter_estimate(disc_probe(63, 15.0)), rel=1e-6

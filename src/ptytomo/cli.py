@@ -51,6 +51,17 @@ def _add_simulate(sub) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (phantom and noise)")
     p.add_argument("--ellipsoids", type=_positive_int, default=d.ellipsoids, help="ellipsoid count for --phantom ellipsoids")
     p.add_argument("--oversample", type=_positive_int, default=d.oversample, help="simulate on an S-times finer grid (no inverse crime)")
+    # Imperfect data (docs/simulation.md); values are checked by SimulationConfig.check(), one line each.
+    p.add_argument("--probe", default=d.probe, help="disc, or focused: a band-limited pupil with defocus (default %(default)s)")
+    p.add_argument("--pupil", type=float, default=d.pupil, help="focused: pupil diameter, fraction of the detector (default %(default)s)")
+    p.add_argument("--defocus", type=float, default=d.defocus, help="focused: defocus phase in rad at the pupil edge (default: the beam spans 60%% of the window)")
+    p.add_argument("--probe-modes", type=int, default=d.probe_modes, help="K mutually incoherent probe modes (default %(default)s)")
+    p.add_argument("--mode-power-ratio", type=float, default=d.mode_power_ratio, help="mode k holds RATIO^k of mode 0's power (default %(default)s)")
+    p.add_argument("--file-probe", default=d.file_probe, help="true, or nominal: write a flat disc of --probe-diameter as /probe (default %(default)s)")
+    p.add_argument("--position-errors", type=float, default=d.position_errors, metavar="PX", help="rms per coordinate of true minus recorded positions (default 0)")
+    p.add_argument("--scan", default=d.scan, help="raster or fermat (spiral with mean spacing --step; default %(default)s)")
+    p.add_argument("--runout", type=float, default=d.runout, metavar="PX", help="rms per coordinate of per-angle rigid object shifts (default 0)")
+    p.add_argument("--i0-jitter", type=float, default=d.angle_intensity_jitter, metavar="FRACTION", help="rms per-angle incident-flux fluctuation (default 0)")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", default=d.precision, choices=("float32", "float64"))
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -68,6 +79,9 @@ def run_simulate(args) -> int:
         probe_file=args.probe_file, step=args.step, shift=args.shift, shift_axes=args.shift_axes,
         photons=args.photons, noise=args.noise, seed=args.seed, ellipsoids=args.ellipsoids,
         oversample=args.oversample, device=args.device, precision=args.precision,
+        probe=args.probe, pupil=args.pupil, defocus=args.defocus, probe_modes=args.probe_modes,
+        mode_power_ratio=args.mode_power_ratio, file_probe=args.file_probe, position_errors=args.position_errors,
+        scan=args.scan, runout=args.runout, angle_intensity_jitter=args.i0_jitter,
     )
     data = simulate(config, progress=not args.quiet)
     write_data(args.output, data)

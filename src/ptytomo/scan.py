@@ -1,4 +1,5 @@
-"""Scan geometry: rotation angles, raster positions and the probe.
+"""Scan geometry: rotation angles, raster and Fermat-spiral positions, and the probe
+(disc, focused band-limited, incoherent modes).
 
 Positions follow FORMAT.md: ``(r, c)`` is the top-left corner of the M x M
 window in projection-plane pixels (row along z, column along u).
@@ -14,6 +15,11 @@ import numpy as np
 from .errors import PtytomoError
 
 SHIFT_AXES = ("both", "rows", "cols", "none")
+GOLDEN_ANGLE = math.radians(137.508)
+# Median nearest-neighbour distance of the spiral r = sqrt(n), theta = n * GOLDEN_ANGLE
+# (measured on its first 2000 points): scaling r by step / this gives spacing ``step``.
+FERMAT_NEIGHBOUR_DISTANCE = 1.68
+MAX_PROBE_MODES = 10
 
 
 def equally_spaced_angles(count: int, start: float = 0.0, stop: float = 2 * math.pi) -> np.ndarray:
@@ -68,6 +74,50 @@ def raster_positions(
     return np.stack(positions)
 
 
+def fermat_positions(
+    n_angles: int,
+    projection_shape: tuple[int, int],
+    step: float,
+    detector_size: int,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Fermat-spiral positions (A, J, 2) with mean spacing ``step`` and their valid flags (A, J).
+
+    Centres follow ``r = c sqrt(n)``, ``theta = n * 137.508 deg`` around the
+    projection's centre; every angle gets its own rotation and a sub-step
+    offset of the spiral, so positions differ between angles.  Centres are
+    kept within ``step / 2`` of the projection (each window touches it); the
+    count then varies a little between angles, and shorter angles are padded
+    with invalid entries (FORMAT.md's ``valid``).  ``valid`` is None when no
+    padding was needed.
+    """
+    if not step > 0:
+        raise PtytomoError(f"scan step must be > 0 pixels, got {step}")
+    rng = np.random.default_rng(seed)
+    n_rows, n_cols = projection_shape
+    margin = min(step / 2, (detector_size - 1) // 2)  # (M - 1) // 2 < M / 2: the window still touches
+    scale = step / FERMAT_NEIGHBOUR_DISTANCE
+    radius = math.hypot(n_rows + 2 * margin, n_cols + 2 * margin) / 2 + step  # + the offset's reach
+    n = np.arange(math.ceil((radius / scale) ** 2) + 1, dtype=np.float64)
+    centre = np.array([(n_rows - 1) / 2, (n_cols - 1) / 2])
+    half = detector_size // 2  # the same corner convention as raster_positions
+    per_angle = []
+    for _ in range(n_angles):
+        theta = n * GOLDEN_ANGLE + rng.uniform(0, 2 * math.pi)
+        offset = rng.uniform(-step / 2, step / 2, size=2)
+        points = centre + offset + scale * np.sqrt(n)[:, None] * np.stack([np.sin(theta), np.cos(theta)], axis=-1)
+        inside = np.all((points >= -margin) & (points <= np.array([n_rows - 1, n_cols - 1]) + margin), axis=1)
+        per_angle.append(points[inside] - half)
+    count = max(len(p) for p in per_angle)
+    positions = np.empty((n_angles, count, 2))
+    valid = np.zeros((n_angles, count), dtype=bool)
+    for a, points in enumerate(per_angle):
+        positions[a, : len(points)] = points
+        positions[a, len(points) :] = points[0]  # padding: any value that indexes safely
+        valid[a, : len(points)] = True
+    return positions, (None if valid.all() else valid)
+
+
 def linear_overlap(step: float, probe_diameter: float) -> float:
     """Linear overlap ``1 - step/D`` of FORMAT.md (step 4, D 15 -> 73 %)."""
     return 1.0 - step / probe_diameter
@@ -107,6 +157,105 @@ def disc_probe(
     return probe.astype(np.complex64)
 
 
+def centred_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Integer frequency (or pixel) offsets from the centred layout's centre ``size // 2``, as (rows, cols)."""
+    q = np.arange(size, dtype=np.float64) - size // 2
+    return q[:, None], q[None, :]
+
+
+def from_far_field(field: np.ndarray) -> np.ndarray:
+    """Inverse of FORMAT.md's ``fftshift(fft2(., norm="ortho"))`` over the last two axes."""
+    return np.fft.ifft2(np.fft.ifftshift(field, axes=(-2, -1)), norm="ortho")
+
+
+def to_far_field(wave: np.ndarray) -> np.ndarray:
+    """FORMAT.md's centred unitary far field over the last two axes."""
+    return np.fft.fftshift(np.fft.fft2(wave, norm="ortho"), axes=(-2, -1))
+
+
+def default_defocus(pupil: float, detector_size: int, fill: float = 0.6) -> float:
+    """Defocus (rad at the pupil edge) whose geometric beam spans ``fill`` of the window.
+
+    A phase ``W (q / q_edge)^2`` moves frequency ``q`` by ``M dphi/dq / (2 pi)``
+    pixels, so the edge rays land ``2 W / (pi pupil)`` pixels from the axis:
+    a geometric diameter of ``4 W / (pi pupil)``, set to ``fill * M``.
+    """
+    return fill * math.pi * pupil * detector_size / 4
+
+
+def pupil_field(size: int, pupil_diameter_px: float, defocus: float) -> np.ndarray:
+    """Far field of a focused probe on a ``size``-pixel grid: a hard circular pupil with defocus.
+
+    The pupil is ``pupil_diameter_px`` far-field pixels wide (far-field pixels
+    are the detector's whatever the real-space sampling) and carries the phase
+    ``defocus * (q / q_edge)^2``; a ramp centres the probe at ``(size - 1) / 2``
+    like the disc.
+    """
+    q_rows, q_cols = centred_grid(size)
+    edge = pupil_diameter_px / 2
+    radius = np.hypot(q_rows, q_cols)
+    centre = (size - 1) / 2
+    ramp = np.exp(-2j * np.pi * (q_rows + q_cols) * centre / size)
+    return np.where(radius <= edge, np.exp(1j * defocus * (radius / edge) ** 2), 0) * ramp
+
+
+def focused_probe(size: int, pupil_diameter_px: float, defocus: float) -> np.ndarray:
+    """Band-limited probe (complex128, unit power) that fills the window: the pupil field transformed back."""
+    probe = from_far_field(pupil_field(size, pupil_diameter_px, defocus))
+    return probe / np.sqrt(np.sum(np.abs(probe) ** 2))
+
+
+def perturbation_exponents(count: int) -> list[tuple[int, int]]:
+    """Monomial exponents (i, j) of u^i v^j by total degree: 1, u, v, u^2, uv, v^2, ... (Hermite-Gauss-like)."""
+    exponents = []
+    degree = 0
+    while len(exponents) < count:
+        exponents += [(degree - j, j) for j in range(degree + 1)]
+        degree += 1
+    return exponents[:count]
+
+
+def orthonormal_modes(field: np.ndarray, u: np.ndarray, v: np.ndarray, count: int) -> np.ndarray:
+    """``count`` orthonormal fields (K, n, n): ``field`` times 1, u, v, u^2, ... after Gram-Schmidt.
+
+    Multiplying keeps the support of ``field`` (a disc stays a disc, a pupil
+    stays band-limited), and mode 0 is ``field`` itself, normalised.
+    """
+    modes = []
+    for i, j in perturbation_exponents(count):
+        mode = field * (u**i) * (v**j)
+        for earlier in modes:  # modified Gram-Schmidt: one projection at a time
+            mode = mode - np.vdot(earlier, mode) * earlier
+        norm = np.sqrt(np.sum(np.abs(mode) ** 2))
+        if norm < 1e-8 * np.sqrt(np.sum(np.abs(field) ** 2)):
+            raise PtytomoError(f"--probe-modes {count}: the probe has too few pixels for {count} independent modes")
+        modes.append(mode / norm)
+    return np.stack(modes)
+
+
+def mode_powers(count: int, ratio: float, photons: float) -> np.ndarray:
+    """Photons per mode: mode k holds ``ratio**k`` of mode 0's, all together ``photons``."""
+    weights = ratio ** np.arange(count, dtype=np.float64)
+    return photons * weights / weights.sum()
+
+
+def weighted_modes(unit_modes: np.ndarray, ratio: float, photons: float) -> np.ndarray:
+    """Orthonormal modes (K, n, n) scaled to the powers of :func:`mode_powers`."""
+    powers = mode_powers(len(unit_modes), ratio, photons)
+    return unit_modes * np.sqrt(powers)[:, None, None]
+
+
+def orthogonalised(modes: np.ndarray) -> np.ndarray:
+    """Orthogonal modes, strongest first, with the same summed intensity at every point of any frame.
+
+    Only the sum ``sum_k |P_k><P_k|`` is measurable; its eigenvectors
+    (an SVD of the stacked modes) carry the same intensities and are orthogonal.
+    """
+    k, n, _ = modes.shape
+    _, singular, vh = np.linalg.svd(modes.reshape(k, n * n), full_matrices=False)
+    return (singular[:, None] * vh).reshape(k, n, n)
+
+
 def scale_probe(probe: np.ndarray, photons: float) -> np.ndarray:
     """Scale ``probe`` so that ``sum |P|^2`` (photons per empty-object frame) is ``photons``."""
     if not photons > 0:
@@ -117,9 +266,15 @@ def scale_probe(probe: np.ndarray, photons: float) -> np.ndarray:
     return probe * np.sqrt(photons / energy)
 
 
+def probe_intensity(probe: np.ndarray) -> np.ndarray:
+    """``|P|^2`` of an (M, M) probe; for (K, M, M) incoherent modes the sum of their intensities."""
+    intensity = np.abs(np.asarray(probe).astype(np.complex128)) ** 2
+    return intensity.sum(axis=0) if intensity.ndim == 3 else intensity
+
+
 def probe_photons(probe: np.ndarray) -> float:
-    """Photons per measurement through an empty object."""
-    return float(np.sum(np.abs(probe) ** 2))
+    """Photons per measurement through an empty object (all modes together)."""
+    return float(np.sum(probe_intensity(probe)))
 
 
 def load_probe(path: str | Path, detector_size: int | None = None) -> np.ndarray:
@@ -149,13 +304,29 @@ def load_probe(path: str | Path, detector_size: int | None = None) -> np.ndarray
     return probe.astype(np.complex64)
 
 
-def probe_diameter_estimate(probe: np.ndarray) -> float:
-    """Diameter of the disc with the probe's effective area ``(sum|P|^2)^2 / sum|P|^4``.
+def probe_diameter_estimate(probe: np.ndarray, fraction: float = 0.9) -> float:
+    """Diameter (pixels) of the disc around the probe's power centroid that holds 90 % of its power.
 
-    Exact for a flat disc, and a fair width for any measured probe.
+    An enclosed-power width, unlike an effective area, is not fooled by the
+    side lobes of a focused, defocused probe, whose weak but wide rings hold
+    little power.  A flat disc of diameter D gives ``sqrt(0.9) D``.  (K, M, M)
+    probes are measured on their summed mode intensities.
     """
-    intensity = np.abs(probe) ** 2
-    area = intensity.sum() ** 2 / max(float(np.sum(intensity**2)), np.finfo(float).tiny)
+    intensity = probe_intensity(probe)
+    total = float(intensity.sum())
+    if total == 0:
+        return 0.0
+    rows, cols = np.indices(intensity.shape, dtype=np.float64)
+    centre_row, centre_col = (intensity * rows).sum() / total, (intensity * cols).sum() / total
+    order = np.argsort(np.hypot(rows - centre_row, cols - centre_col).ravel(), kind="stable")
+    enclosed = np.cumsum(intensity.ravel()[order]) / total
+    # The disc is measured by its area in pixels (the pixels nearest the
+    # centroid, taken until they hold the fraction), not by the radius of the
+    # last pixel taken: that keeps small pixelated discs free of a ring-step bias.
+    k = min(int(np.searchsorted(enclosed, fraction)), len(enclosed) - 1)
+    below = enclosed[k - 1] if k > 0 else 0.0
+    gain = enclosed[k] - below
+    area = k + ((fraction - below) / gain if gain > 0 else 1.0)
     return float(2 * np.sqrt(area / np.pi))
 
 

@@ -9,6 +9,14 @@ is the detector's view of the fine one, registered so that coarse pixel ``m``
 stands for the fine pixels ``[mS, mS + S)``; ``/truth/volume`` is the fine
 phantom averaged over each coarse voxel.  Such data cannot be fitted exactly
 by the coarse model, like measured data.
+
+Imperfect data for the refinements (docs/simulation.md): a focused,
+band-limited probe, K incoherent probe modes, a nominal file probe, random
+position errors, a Fermat-spiral scan, per-angle runout (rigid object
+shifts) and incident-flux jitter.  Everything geometric happens on the fine
+grid: a position error or a runout shift moves the fine probe by a Fourier
+phase ramp, never interpolates coarse data.  The true values go to the
+optional ``/truth/*`` fields.
 """
 
 from __future__ import annotations
@@ -28,17 +36,32 @@ from .operators import JointModel
 from .operators.ptycho import far_field, far_field_adjoint
 from .phantoms import block_average, load_volume, random_ellipsoids, woven_wire
 from .scan import (
+    MAX_PROBE_MODES,
+    centred_grid,
+    default_defocus,
     disc_probe,
     equally_spaced_angles,
+    fermat_positions,
+    from_far_field,
     linear_overlap,
     load_probe,
+    orthogonalised,
+    orthonormal_modes,
     probe_diameter_estimate,
+    pupil_field,
     raster_positions,
     scale_probe,
+    weighted_modes,
 )
 
 PHANTOMS = ("woven-wire", "ellipsoids")
 NOISE_MODELS = ("none", "poisson")
+PROBE_KINDS = ("disc", "focused")
+FILE_PROBES = ("true", "nominal")
+SCANS = ("raster", "fermat")
+# Each random imperfection draws from its own stream of the seed, so turning one
+# on leaves the others (and the phantom and noise draws of older versions) unchanged.
+RANDOM_STREAMS = {"fermat": 1, "position_errors": 2, "runout": 3, "i0_jitter": 4}
 
 
 @dataclass
@@ -64,6 +87,16 @@ class SimulationConfig:
     seed: int = 0
     ellipsoids: int = 10
     oversample: int = 1
+    probe: str = "disc"  # disc | focused (band-limited pupil with defocus)
+    pupil: float = 0.5  # focused: pupil diameter as a fraction of the detector
+    defocus: float | None = None  # focused: rad at the pupil edge; None: the beam spans 60 % of the window
+    probe_modes: int = 1  # K mutually incoherent modes
+    mode_power_ratio: float = 0.3  # mode k holds ratio**k of mode 0's power
+    file_probe: str = "true"  # true | nominal (a flat disc of probe_diameter in /probe)
+    position_errors: float = 0.0  # rms per coordinate (px) of true minus recorded positions
+    scan: str = "raster"  # raster | fermat
+    runout: float = 0.0  # rms per coordinate (px) of the per-angle rigid object shifts
+    angle_intensity_jitter: float = 0.0  # rms fraction of the per-angle incident flux
     device: str = "auto"
     precision: str = "float32"
     extra: dict = field(default_factory=dict)
@@ -83,6 +116,38 @@ class SimulationConfig:
             raise PtytomoError(f"--voxel-size must be > 0, got {self.voxel_size_m}")
         if not self.photons > 0:
             raise PtytomoError(f"--photons must be > 0, got {self.photons}")
+        self.check_imperfections()
+
+    def check_imperfections(self) -> None:
+        """The options of imperfect data (probe, modes, positions, runout, flux)."""
+        if self.probe not in PROBE_KINDS:
+            raise PtytomoError(f"--probe {self.probe!r}: choose one of {', '.join(PROBE_KINDS)}")
+        if self.probe != "disc" and self.probe_file:
+            raise PtytomoError(f"--probe {self.probe} and --probe-file exclude each other")
+        if not 0 < self.pupil <= 1:
+            raise PtytomoError(f"--pupil must be in (0, 1] (a fraction of the detector), got {self.pupil}")
+        if self.defocus is not None and not math.isfinite(self.defocus):
+            raise PtytomoError(f"--defocus must be a finite number of radians, got {self.defocus}")
+        if not 1 <= self.probe_modes <= MAX_PROBE_MODES:
+            raise PtytomoError(f"--probe-modes must be between 1 and {MAX_PROBE_MODES}, got {self.probe_modes}")
+        if not 0 < self.mode_power_ratio < 1:
+            raise PtytomoError(f"--mode-power-ratio must be in (0, 1), got {self.mode_power_ratio}")
+        if self.file_probe not in FILE_PROBES:
+            raise PtytomoError(f"--file-probe {self.file_probe!r}: choose one of {', '.join(FILE_PROBES)}")
+        if not 0 <= self.position_errors < math.inf:
+            raise PtytomoError(f"--position-errors must be a finite rms >= 0 pixels, got {self.position_errors}")
+        if self.scan not in SCANS:
+            raise PtytomoError(f"--scan {self.scan!r}: choose one of {', '.join(SCANS)}")
+        if not 0 <= self.runout < math.inf:
+            raise PtytomoError(f"--runout must be a finite rms >= 0 pixels, got {self.runout}")
+        if not 0 <= self.angle_intensity_jitter <= 0.5:
+            raise PtytomoError(f"--i0-jitter must be in [0, 0.5] (an rms fraction), got {self.angle_intensity_jitter}")
+
+    def resolved_defocus(self) -> float:
+        return default_defocus(self.pupil, self.detector_size) if self.defocus is None else float(self.defocus)
+
+    def rng(self, purpose: str) -> np.random.Generator:
+        return np.random.default_rng([self.seed, RANDOM_STREAMS[purpose]])
 
 
 def make_phantom(config: SimulationConfig, factor: int) -> np.ndarray:
@@ -131,6 +196,97 @@ def coarse_probe(probe_fine: np.ndarray, m: int, factor: int) -> np.ndarray:
     return far_field_adjoint(field_fine * registration_ramp(m, factor)).numpy().astype(np.complex64)
 
 
+def fine_probe_modes(config: SimulationConfig) -> np.ndarray:
+    """The true probe modes (K, MS, MS) on the fine grid, together ``photons * S^2`` (complex128).
+
+    Modes are the main probe times low-order polynomials, orthogonalised: in
+    real space for a disc or a probe file (the support is kept), in the far
+    field for a focused probe (it stays band-limited).  ``S^2``: the
+    detector's crop divides the fine far field by S.
+    """
+    s, m, k = config.oversample, config.detector_size, config.probe_modes
+    n = m * s
+    photons = config.photons * s**2
+    if config.probe == "focused":
+        pupil = pupil_field(n, config.pupil * m, config.resolved_defocus())
+        q_rows, q_cols = centred_grid(n)
+        edge = config.pupil * m / 2
+        unit = from_far_field(orthonormal_modes(pupil, q_rows / edge, q_cols / edge, k))
+        return weighted_modes(unit, config.mode_power_ratio, photons)
+    if config.probe_file:
+        main = load_probe(config.probe_file, m).astype(np.complex128)
+        main = fine_probe(main, s) if s > 1 else main
+        reach = n / 2
+    else:
+        # The fine disc is drawn on the fine grid itself, not interpolated.
+        main = disc_probe(n, config.probe_diameter * s, config.probe_soft_edge * s).astype(np.complex128)
+        reach = config.probe_diameter * s / 2
+    rows, cols = centred_grid(n)
+    offset = n // 2 - (n - 1) / 2  # polynomials about the probe's centre (n - 1) / 2
+    unit = orthonormal_modes(main, (rows + offset) / reach, (cols + offset) / reach, k)
+    return weighted_modes(unit, config.mode_power_ratio, photons)
+
+
+def detector_probe_modes(modes_fine: np.ndarray, m: int, s: int) -> np.ndarray:
+    """The coarse (K, M, M) modes that the detector sees (complex64), orthogonal, strongest first."""
+    if s == 1:
+        return modes_fine.astype(np.complex64)
+    coarse = np.stack([coarse_probe(mode, m, s).astype(np.complex128) for mode in modes_fine])
+    # Cropping the far field can break the orthogonality of modes with tails
+    # beyond the detector; the eigenmodes of their sum measure the same.
+    return orthogonalised(coarse).astype(np.complex64)
+
+
+def recorded_scan(config: SimulationConfig, projection_shape) -> tuple[np.ndarray, np.ndarray | None]:
+    """The positions (A, J, 2) written to the file, and their valid flags (None: all valid)."""
+    m = config.detector_size
+    if config.scan == "fermat":
+        return fermat_positions(config.n_angles, projection_shape, config.step, m, seed=config.seed)
+    positions = raster_positions(config.n_angles, projection_shape, config.step, m, config.shift, config.shift_axes)
+    return positions, None
+
+
+def position_errors(config: SimulationConfig, shape) -> np.ndarray:
+    """True minus recorded positions (A, J, 2): Gaussian, ``position_errors`` rms per coordinate."""
+    return config.rng("position_errors").normal(scale=config.position_errors, size=shape)
+
+
+def runout_shifts(config: SimulationConfig) -> np.ndarray:
+    """Per-angle offsets (A, 2) of all positions of an angle: a rigid object shift by minus them.
+
+    A slow wobble (one sine period over the scan, its own phase per axis,
+    80 % of the variance) plus random jitter, scaled so that the rms over
+    angles and both coordinates is exactly ``runout``.
+    """
+    rng = config.rng("runout")
+    t = np.arange(config.n_angles)[:, None] / config.n_angles
+    drift = np.sin(2 * np.pi * t + rng.uniform(0, 2 * np.pi, size=2))
+    shifts = drift + 0.5 * rng.normal(size=(config.n_angles, 2))
+    rms = float(np.sqrt(np.mean(shifts**2)))
+    return shifts * (config.runout / rms) if rms > 0 else shifts * 0.0
+
+
+def flux_scales(config: SimulationConfig) -> np.ndarray:
+    """Per-angle incident-flux factors (A,): 1 + Gaussian of ``angle_intensity_jitter`` rms, kept > 0."""
+    scales = 1 + config.angle_intensity_jitter * config.rng("i0_jitter").normal(size=config.n_angles)
+    return np.maximum(scales, 0.05)
+
+
+def expected_intensities(model: JointModel, x: torch.Tensor, modes_fine: np.ndarray, m: int, s: int,
+                         progress: bool) -> np.ndarray:
+    """Noise-free counts (A, J, M, M): the sum over modes of the detector's crop of |far field|^2."""
+    intensities = np.zeros((model.n_angles, model.n_positions, m, m), dtype=np.float32)
+    steps = [(mode, b) for mode in range(len(modes_fine)) for b in range(len(model.batches))]
+    for mode, b in tqdm(steps, desc="simulate", unit="batch", disable=not progress or None):
+        if b == 0:
+            model.set_probe(torch.from_numpy(modes_fine[mode]))
+        fields = model.far_field(x, b)
+        if s > 1:
+            fields = central_crop(fields, m) / s
+        intensities[model.batches[b]] += (fields.abs() ** 2).cpu().numpy()
+    return intensities
+
+
 def simulate(config: SimulationConfig, progress: bool = True) -> PtychoTomoData:
     """Simulate a data set (noise-free expected counts, or Poisson draws)."""
     config.check()
@@ -143,52 +299,67 @@ def simulate(config: SimulationConfig, progress: bool = True) -> PtychoTomoData:
     truth = block_average(volume_fine, s) if s > 1 else volume_fine
     angles = equally_spaced_angles(config.n_angles, config.angle_start, config.angle_stop)
     projection_shape = (truth.shape[0], truth.shape[2])
-    positions = raster_positions(config.n_angles, projection_shape, config.step, m, config.shift, config.shift_axes)
+    positions, valid = recorded_scan(config, projection_shape)
 
-    if config.probe_file:
-        probe = scale_probe(load_probe(config.probe_file, m).astype(np.complex128), config.photons)
-        probe_on_fine_grid = fine_probe(probe, s) if s > 1 else probe
-    else:
-        # The fine disc is drawn on the fine grid itself, not interpolated.
-        probe_on_fine_grid = disc_probe(m * s, config.probe_diameter * s, config.probe_soft_edge * s)
-        probe_on_fine_grid = scale_probe(probe_on_fine_grid.astype(np.complex128), config.photons * s**2)
-    if s > 1:
-        probe = coarse_probe(probe_on_fine_grid, m, s)
-    else:
-        probe = probe_on_fine_grid.astype(np.complex64)
+    true_positions = positions.copy()
+    if config.position_errors > 0:
+        true_positions += position_errors(config, positions.shape)
+    angle_shifts = runout_shifts(config) if config.runout > 0 else None
+    if angle_shifts is not None:
+        true_positions += angle_shifts[:, None, :]
 
+    modes_fine = fine_probe_modes(config)
+    true_probe = detector_probe_modes(modes_fine, m, s)
     model = JointModel(
         volume_fine.shape,
         config.voxel_size_m / s,
         config.energy_kev,
         angles,
-        positions * s,
-        probe_on_fine_grid,
+        true_positions * s,
+        modes_fine[0],
+        valid=valid,
         device=device,
         dtype=real_dtype,
     )
-    x = model.volume(volume_fine)
-    intensities = np.empty((config.n_angles, positions.shape[1], m, m), dtype=np.float32)
-    for b, batch in enumerate(tqdm(model.batches, desc="simulate", unit="batch", disable=not progress or None)):
-        fields = model.far_field(x, b)
-        if s > 1:
-            fields = central_crop(fields, m) / s
-        intensities[batch] = (fields.abs() ** 2).cpu().numpy()
+    intensities = expected_intensities(model, model.volume(volume_fine), modes_fine, m, s, progress)
+    angle_scale = flux_scales(config) if config.angle_intensity_jitter > 0 else None
+    if angle_scale is not None:
+        intensities *= angle_scale[:, None, None, None].astype(np.float32)
     if config.noise == "poisson":
         rng = np.random.default_rng(config.seed)
         intensities = rng.poisson(intensities).astype(np.float32)
 
-    record = {k: v for k, v in asdict(config).items() if k != "extra"}
-    if config.probe_file:
-        # The disc diameter option does not describe a loaded probe: record its effective width.
-        record["probe_diameter"] = probe_diameter_estimate(probe)
-    record.update(config.extra, overlap=linear_overlap(config.step, record["probe_diameter"]), producer="ptytomo")
+    if config.file_probe == "nominal":
+        file_probe = disc_probe(m, config.probe_diameter, photons=config.photons)  # what a beamline would guess
+    else:
+        file_probe = true_probe[0] if len(true_probe) == 1 else true_probe
+
+    perturbed = config.position_errors > 0 or angle_shifts is not None
     return PtychoTomoData(
         intensities=intensities,
         positions=positions,
         angles=angles,
-        probe=probe,
+        probe=file_probe,
         geometry=Geometry(config.energy_kev, config.voxel_size_m, tuple(truth.shape)),
+        valid=valid,
         truth=truth.astype(np.complex64),
-        simulation={k: ("none" if v is None else v) for k, v in record.items()},
+        simulation=simulation_record(config, true_probe),
+        truth_probe=true_probe,
+        truth_positions=true_positions if perturbed else None,
+        truth_angle_shifts=angle_shifts,
+        truth_angle_scale=angle_scale,
     )
+
+
+def simulation_record(config: SimulationConfig, true_probe: np.ndarray) -> dict:
+    """``/simulation`` attributes: every config field, with the values actually used."""
+    record = {k: v for k, v in asdict(config).items() if k != "extra"}
+    if config.probe_file or config.probe == "focused":
+        # The disc diameter option does not describe this probe: record its 90 %-power width.
+        record["probe_diameter"] = probe_diameter_estimate(true_probe)
+    if config.probe == "focused":
+        record["defocus"] = config.resolved_defocus()
+    if config.file_probe == "nominal":
+        record["nominal_probe_diameter"] = config.probe_diameter
+    record.update(config.extra, overlap=linear_overlap(config.step, record["probe_diameter"]), producer="ptytomo")
+    return {k: ("none" if v is None else v) for k, v in record.items()}

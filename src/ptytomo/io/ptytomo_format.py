@@ -41,6 +41,11 @@ MASK = "/measurement/mask"
 PROBE = "/probe"
 GEOMETRY = "/geometry"
 TRUTH = "/truth/volume"
+# Optional truths of ptytomo's simulator beyond FORMAT.md (docs/simulation.md):
+TRUTH_PROBE = "/truth/probe"
+TRUTH_POSITIONS = "/truth/positions"
+TRUTH_ANGLE_SHIFTS = "/truth/angle_shifts"
+TRUTH_ANGLE_SCALE = "/truth/angle_scale"
 SIMULATION = "/simulation"
 VOLUME = "/reconstruction/volume"
 REFINED_PROBE = "/reconstruction/probe"
@@ -109,6 +114,11 @@ class PtychoTomoData:
     mask: np.ndarray | None = None  # bool (M, M); False marks dead pixels
     truth: np.ndarray | None = None  # complex64 (Nz, Ny, Nx), delta + i*beta
     simulation: dict = field(default_factory=dict)  # attrs of /simulation
+    # Optional truths of simulated imperfections (docs/simulation.md), None when absent:
+    truth_probe: np.ndarray | None = None  # complex64 (K, M, M) the probe that made the data
+    truth_positions: np.ndarray | None = None  # float64 (A, J, 2) corners that made the data
+    truth_angle_shifts: np.ndarray | None = None  # float64 (A, 2) runout: offset added to angle a's positions
+    truth_angle_scale: np.ndarray | None = None  # float64 (A,) incident-flux factor of angle a
 
     @property
     def n_angles(self) -> int:
@@ -237,6 +247,7 @@ def read_data(path, angles: slice | None = None, stream: bool = False) -> Ptycho
         if f.get(TRUTH) is not None:
             truth = _to_complex64(_read_array(f, source, TRUTH, _COMPLEX_KINDS))
         simulation = _read_attrs_leniently(f.get(SIMULATION))
+        extra_truths = _read_simulation_truths(f, source, rows, n_angles)
     data = PtychoTomoData(
         intensities=intensities,
         positions=positions,
@@ -247,9 +258,22 @@ def read_data(path, angles: slice | None = None, stream: bool = False) -> Ptycho
         mask=mask,
         truth=truth,
         simulation=simulation,
+        **extra_truths,
     )
     validate_data(data, source)
     return data
+
+
+def _read_simulation_truths(f: h5py.File, source: str, rows: slice, n_angles: int) -> dict:
+    """The optional /truth/* fields of docs/simulation.md that the file has (per-angle ones for ``rows``)."""
+    found = {}
+    if f.get(TRUTH_PROBE) is not None:
+        found["truth_probe"] = _to_complex64(_read_array(f, source, TRUTH_PROBE, _COMPLEX_KINDS))
+    for key, name in (("truth_positions", TRUTH_POSITIONS), ("truth_angle_shifts", TRUTH_ANGLE_SHIFTS),
+                      ("truth_angle_scale", TRUTH_ANGLE_SCALE)):
+        if f.get(name) is not None:
+            found[key] = _to_real(_read_array(f, source, name, _REAL_KINDS, rows, n_angles), np.float64)
+    return found
 
 
 def read_intensities(path, angle_slice: slice, valid: np.ndarray | None = None) -> np.ndarray:
@@ -362,6 +386,12 @@ def write_data(path, data: PtychoTomoData) -> None:
         f.create_dataset(PROBE, data=_to_complex64(data.probe))
         if data.truth is not None:
             f.create_dataset(TRUTH, data=_to_complex64(data.truth), **_COMPRESSION)
+        if data.truth_probe is not None:
+            f.create_dataset(TRUTH_PROBE, data=_to_complex64(np.asarray(data.truth_probe).reshape(-1, m, m)))
+        for name, values in ((TRUTH_POSITIONS, data.truth_positions), (TRUTH_ANGLE_SHIFTS, data.truth_angle_shifts),
+                             (TRUTH_ANGLE_SCALE, data.truth_angle_scale)):
+            if values is not None:
+                f.create_dataset(name, data=np.asarray(values, dtype=np.float64))
         if simulation:
             f.create_group(SIMULATION, track_order=True).attrs.update(simulation)
 
@@ -410,8 +440,24 @@ def validate_data(data: PtychoTomoData, source: str = "data") -> None:
         truth = _as_array(source, TRUTH, data.truth, _COMPLEX_KINDS)
         _check_shape(source, TRUTH, truth, geometry.volume_shape, "volume_shape")
         _check_finite(source, TRUTH, _to_complex64(truth))
+    _check_simulation_truths(source, data, n_angles, n_positions, m)
 
     _check_windows_overlap(source, positions, valid, m, nz, nx)
+
+
+def _check_simulation_truths(source: str, data: PtychoTomoData, n_angles: int, n_positions: int, m: int) -> None:
+    """Shapes and finiteness of the optional /truth/* fields of docs/simulation.md."""
+    if data.truth_probe is not None:
+        _check_probe(source, TRUTH_PROBE, data.truth_probe, m)
+    for name, values, shape, label in (
+        (TRUTH_POSITIONS, data.truth_positions, (n_angles, n_positions, 2), "(A, J, 2)"),
+        (TRUTH_ANGLE_SHIFTS, data.truth_angle_shifts, (n_angles, 2), "(A, 2)"),
+        (TRUTH_ANGLE_SCALE, data.truth_angle_scale, (n_angles,), "(A,)"),
+    ):
+        if values is not None:
+            values = _as_array(source, name, values, _REAL_KINDS)
+            _check_shape(source, name, values, shape, label)
+            _check_finite(source, name, _to_real(values, np.float64))
 
 
 def _check_probe(source: str, name: str, probe, m: int) -> None:
