@@ -79,7 +79,7 @@ def fermat_positions(
     projection_shape: tuple[int, int],
     step: float,
     detector_size: int,
-    seed: int = 0,
+    rng: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Fermat-spiral positions (A, J, 2) with mean spacing ``step`` and their valid flags (A, J).
 
@@ -89,11 +89,11 @@ def fermat_positions(
     kept within ``step / 2`` of the projection (each window touches it); the
     count then varies a little between angles, and shorter angles are padded
     with invalid entries (FORMAT.md's ``valid``).  ``valid`` is None when no
-    padding was needed.
+    padding was needed.  ``rng`` draws the rotations and offsets.
     """
     if not step > 0:
         raise PtytomoError(f"scan step must be > 0 pixels, got {step}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(0) if rng is None else rng
     n_rows, n_cols = projection_shape
     margin = min(step / 2, (detector_size - 1) // 2)  # (M - 1) // 2 < M / 2: the window still touches
     scale = step / FERMAT_NEIGHBOUR_DISTANCE
@@ -250,10 +250,14 @@ def orthogonalised(modes: np.ndarray) -> np.ndarray:
 
     Only the sum ``sum_k |P_k><P_k|`` is measurable; its eigenvectors
     (an SVD of the stacked modes) carry the same intensities and are orthogonal.
+    Each keeps the global phase of the input mode of the same rank (the SVD's is arbitrary).
     """
     k, n, _ = modes.shape
-    _, singular, vh = np.linalg.svd(modes.reshape(k, n * n), full_matrices=False)
-    return (singular[:, None] * vh).reshape(k, n, n)
+    flat = modes.reshape(k, n * n)
+    _, singular, vh = np.linalg.svd(flat, full_matrices=False)
+    eigen = singular[:, None] * vh
+    overlap = np.sum(eigen.conj() * flat, axis=1)
+    return (eigen * np.exp(1j * np.angle(overlap))[:, None]).reshape(k, n, n)
 
 
 def scale_probe(probe: np.ndarray, photons: float) -> np.ndarray:

@@ -229,9 +229,9 @@ def fine_probe_modes(config: SimulationConfig) -> np.ndarray:
 
 def detector_probe_modes(modes_fine: np.ndarray, m: int, s: int) -> np.ndarray:
     """The coarse (K, M, M) modes that the detector sees (complex64), orthogonal, strongest first."""
-    if s == 1:
-        return modes_fine.astype(np.complex64)
-    coarse = np.stack([coarse_probe(mode, m, s).astype(np.complex128) for mode in modes_fine])
+    coarse = modes_fine if s == 1 else np.stack([coarse_probe(mode, m, s).astype(np.complex128) for mode in modes_fine])
+    if s == 1 or len(coarse) == 1:
+        return coarse.astype(np.complex64)
     # Cropping the far field can break the orthogonality of modes with tails
     # beyond the detector; the eigenmodes of their sum measure the same.
     return orthogonalised(coarse).astype(np.complex64)
@@ -241,7 +241,7 @@ def recorded_scan(config: SimulationConfig, projection_shape) -> tuple[np.ndarra
     """The positions (A, J, 2) written to the file, and their valid flags (None: all valid)."""
     m = config.detector_size
     if config.scan == "fermat":
-        return fermat_positions(config.n_angles, projection_shape, config.step, m, seed=config.seed)
+        return fermat_positions(config.n_angles, projection_shape, config.step, m, config.rng("fermat"))
     positions = raster_positions(config.n_angles, projection_shape, config.step, m, config.shift, config.shift_axes)
     return positions, None
 
