@@ -70,6 +70,7 @@ def _add_simulate(sub) -> None:
 
 def run_simulate(args) -> int:
     from .io import write_data
+    from .resources import check_disk, require_simulation_fits, simulation_output_bytes
     from .simulate import SimulationConfig, simulate
 
     config = SimulationConfig(
@@ -83,6 +84,9 @@ def run_simulate(args) -> int:
         mode_power_ratio=args.mode_power_ratio, file_probe=args.file_probe, position_errors=args.position_errors,
         scan=args.scan, runout=args.runout, angle_intensity_jitter=args.i0_jitter,
     )
+    config.check()
+    require_simulation_fits(config)  # refuse in one line what cannot fit, before any work
+    check_disk(args.output, simulation_output_bytes(config))
     data = simulate(config, progress=not args.quiet)
     write_data(args.output, data)
     print(f"wrote {args.output}: {data.intensities.shape[0]} angles x {data.intensities.shape[1]} positions "
@@ -205,6 +209,18 @@ def summary_line(recon) -> str:
     return text
 
 
+def plan_reconstruction_run(args, options, comm) -> None:
+    """Refuse in one line a reconstruction whose memory or disk needs exceed what is here."""
+    from .resources import check_disks, reconstruction_disk_needs, reconstruction_shapes, require_reconstruction_fits
+
+    shapes = reconstruction_shapes(args.data)
+    if shapes is None:  # unreadable metadata: read_data names the bad field
+        return
+    require_reconstruction_fits(shapes, options, comm.size, args.stream, comm.device if comm.size > 1 else None)
+    if comm.is_main:  # only rank 0 writes
+        check_disks(reconstruction_disk_needs(shapes, options, args.output))
+
+
 def run_reconstruct(args) -> int:
     from .distributed import failures_end_the_job, read_share, setup
     from .io import write_reconstruction
@@ -218,6 +234,7 @@ def run_reconstruct(args) -> int:
             if comm.size > 1:
                 options.device = str(comm.device)
                 logging.getLogger("ptytomo").setLevel(logging.ERROR)  # rank 0 gives the warnings
+            plan_reconstruction_run(args, options, comm)  # from the file's metadata, before reading frames
             data = read_share(args.data, comm, args.stream)
         recon = reconstruct(data, options, progress=not args.quiet, comm=comm)
         comm.check_same(recon.volume)
@@ -313,6 +330,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ptytomo {args.command}: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as exc:  # torch's OutOfMemoryError is a RuntimeError
+        from .resources import is_out_of_memory, out_of_memory_message
+
+        if not is_out_of_memory(exc):
+            raise  # a bug: keep its traceback
+        print(f"ptytomo {args.command}: error: {out_of_memory_message(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ import torch.distributed as dist
 from .device import resolve_device
 from .errors import PtytomoError
 from .io import PtychoTomoData, intensities_shape, read_data
+from .resources import is_out_of_memory, out_of_memory_message
 
 DEFAULT_TIMEOUT_S = 1800.0
 STREAM_MODES = ("auto", "on", "off")
@@ -131,6 +132,12 @@ class Comm:
         t = torch.from_numpy(np.asarray(flags, dtype=np.uint8)).to(self.device)
         self._collective(dist.all_reduce, t, dist.ReduceOp.MAX)
         return t.cpu().numpy().astype(bool)
+
+    def anyone(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on any (a Ctrl-C seen by one rank stops all alike)."""
+        if self.size == 1:
+            return bool(flag)
+        return bool(self.union(np.array([flag], dtype=bool))[0])
 
     def total(self, n: int) -> int:
         if self.size == 1:
@@ -256,15 +263,10 @@ def should_stream(mode: str, frame_bytes: int, device: torch.device) -> bool:
 
 
 def available_memory() -> int:
-    """Bytes of host memory available now (MemAvailable on Linux)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    """Bytes of host memory available now (MemAvailable on Linux, capped by a container's limit)."""
+    from .resources import host_memory_available
+
+    return host_memory_available()
 
 
 @contextmanager
@@ -298,6 +300,8 @@ def _failure_line(comm: Comm, exc: BaseException) -> tuple[int, str | None]:
         return 1, f"rank {comm.rank}: stopped: {exc}" if comm.is_main else None
     if isinstance(exc, PtytomoError):
         return 2, f"rank {comm.rank}: error: {exc}"
+    if is_out_of_memory(exc):
+        return 2, f"rank {comm.rank}: error: {out_of_memory_message(exc)}"
     if isinstance(exc, KeyboardInterrupt):
         return 130, "interrupted" if comm.is_main else None
     if isinstance(exc, SystemExit):

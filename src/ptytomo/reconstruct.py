@@ -14,6 +14,7 @@ from .errors import PtytomoError
 from .distributed import SOLO, Comm
 from .io import LazyIntensities, PtychoTomoData, Reconstruction
 from .metrics import volume_errors
+from .resources import data_fingerprint, run_identity
 from .objective import LOSSES, JointObjective
 from .operators import JointModel
 from .stream import amplitudes_of, frame_sums
@@ -219,9 +220,9 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
         stepper, u0, iterations, to_u, truth=truth, tolerance=options.tolerance,
         checkpoint_path=options.checkpoint or None, checkpoint_every=options.checkpoint_every,
         resume=load_checkpoint(options.resume) if options.resume else None, progress=progress,
-        identity={"method": options.method, "optimizer": options.optimizer, "precision": options.precision},
+        identity=run_identity(options, data_fingerprint(data, comm)),  # the data and every option of the result
         description=options.method if options.method != "joint" else f"joint/{options.optimizer}",
-        main=comm.is_main,
+        main=comm.is_main, comm=comm,
     )
     if hasattr(objective.amplitudes, "close"):  # a streamed data set: stop its read-ahead thread
         objective.amplitudes.close()

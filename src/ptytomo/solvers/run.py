@@ -10,8 +10,12 @@ to the same result as an uninterrupted run.
 
 from __future__ import annotations
 
+import io
 import os
+import signal
+import sys
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,21 +62,139 @@ class Plateau:
         return bool(self.tolerance) and self.quiet >= self.patience
 
 
+CHECKPOINT_FORMAT = "ptytomo-checkpoint"
+CHECKPOINT_KEYS = ("u", "iteration", "history", "optimizer")
+# Test hook only: seconds to pause half-way through writing the temporary file,
+# so that a test can kill a run in the middle of a checkpoint write.
+_PAUSE_ENV = "PTYTOMO_TEST_CHECKPOINT_PAUSE_S"
+
+
 def save_checkpoint(path: Path, payload: dict) -> None:
-    """Atomic: a crash while writing leaves the previous checkpoint intact."""
+    """Atomic and durable: a crash or SIGKILL at any moment leaves the previous or the new checkpoint.
+
+    The bytes go to a temporary file in the same folder, which is flushed and
+    fsync'ed before ``os.replace`` puts it in place; the folder is fsync'ed
+    after, so that the rename itself survives a power cut.
+    """
     path = Path(path)
+    _remove_stale_temporaries(path)
+    buffer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, **payload}, buffer)
+    data = buffer.getbuffer()
     temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as f:
+            half = len(data) // 2
+            f.write(data[:half])
+            pause = float(os.environ.get(_PAUSE_ENV, "0") or 0)
+            if pause > 0:
+                f.flush()
+                time.sleep(pause)
+            f.write(data[half:])
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except OSError as exc:
+        with suppress(OSError):
+            os.remove(temporary)
+        raise PtytomoError(f"--checkpoint {path}: cannot write it ({exc.strerror or exc}); "
+                           "the previous checkpoint is kept") from None
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    with suppress(OSError):  # not every file system lets a folder be opened for fsync
+        fd = os.open(folder if str(folder) else ".", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporary files of killed runs (their process is gone) would otherwise pile up."""
+    for temporary in path.parent.glob(f".{path.name}.tmp*"):
+        pid = temporary.name.rsplit(".tmp", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            with suppress(OSError):
+                temporary.unlink()
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def load_checkpoint(path: Path) -> dict:
+    """The checkpoint's payload; a missing, truncated or foreign file is refused in one line."""
     if not Path(path).exists():
         raise PtytomoError(f"--resume: checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a truncated or foreign file
-        raise PtytomoError(f"--resume: {path} is not a ptytomo checkpoint ({exc.__class__.__name__})") from None
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a truncated or foreign file: torch's reader says little that helps
+        raise PtytomoError(f"--resume: {path} is truncated or not a ptytomo checkpoint "
+                           f"({exc.__class__.__name__}, {Path(path).stat().st_size} bytes)") from None
+    if not isinstance(payload, dict) or any(key not in payload for key in CHECKPOINT_KEYS):
+        raise PtytomoError(f"--resume: {path} is not a ptytomo checkpoint (it lacks "
+                           f"{', '.join(k for k in CHECKPOINT_KEYS if not isinstance(payload, dict) or k not in payload)})")
+    return payload
+
+
+def identity_mismatch(written: dict, current: dict) -> str | None:
+    """One line naming what differs between a checkpoint's identity and this run's, None when alike."""
+    differing = [k for k in sorted(set(written) | set(current)) if written.get(k) != current.get(k)]
+    if not differing:
+        return None
+    parts = []
+    for key in differing:
+        if key == "data":
+            parts.append("other data (fingerprint "
+                         f"{written.get('data', 'none')}, this file {current.get('data', 'none')})")
+        else:
+            parts.append(f"--{key.replace('_', '-')} {written.get(key, '(unset)')} (now {current.get(key, '(unset)')})")
+    return "--resume: the checkpoint was written with " + ", ".join(parts) + "; use the same data and options"
+
+
+class StopRequest:
+    """Ctrl-C during the loop asks to stop after the current iteration, so the state stays consistent.
+
+    Under torchrun every rank gets the signal (from the terminal and again from
+    torchrun), at different moments and possibly inside a collective: each rank
+    only notes it, and the ranks agree after each iteration (``agree``) so that
+    all stop at the same one.  A single process stops at once on a second
+    Ctrl-C (``forced``; the last checkpoint written is then kept as it is).
+    """
+
+    def __init__(self, escalate: bool):
+        self.escalate = escalate
+        self.requested = False
+        self.forced = False
+        self._previous = None
+
+    def __enter__(self) -> "StopRequest":
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: Ctrl-C keeps raising KeyboardInterrupt
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and self.escalate:
+            self.forced = True
+            raise KeyboardInterrupt
+        if not self.requested:
+            print("\nptytomo: stopping after this iteration" + (" (Ctrl-C again to stop at once)" if self.escalate else ""),
+                  file=sys.stderr, flush=True)
+        self.requested = True
 
 
 def iterate(
@@ -89,6 +211,7 @@ def iterate(
     description: str = "reconstruct",
     main: bool = True,
     identity: dict | None = None,
+    comm=None,
 ) -> RunResult:
     """Run ``optimizer`` from ``u0`` (or a resumed checkpoint) for up to ``iterations`` in all.
 
@@ -96,17 +219,19 @@ def iterate(
     The tolerance stops when the relative cost change stays below it for 3 iterations.
     Of several ranks (which all see the same costs) only the ``main`` one shows
     progress and writes checkpoints; a checkpoint holds nothing rank-specific,
-    so it resumes on any number of ranks.  ``identity`` (method, optimiser,
-    precision) is stored with it, and a checkpoint of another kind is refused.
+    so it resumes on any number of ranks.  ``identity`` (the data's fingerprint
+    and every option that changes the result) is stored with it, and a
+    checkpoint of another kind is refused.  Ctrl-C stops after the current
+    iteration, on every rank of ``comm`` at the same one (:class:`StopRequest`).
     """
     u = u0
     history = History()
     start_iteration = 0
     elapsed_before = 0.0
     if resume is not None:
-        if identity and resume.get("identity", identity) != identity:
-            written = " ".join(f"--{k} {v}" for k, v in resume["identity"].items())
-            raise PtytomoError(f"--resume: the checkpoint was written with {written}; use the same options")
+        mismatch = identity_mismatch(resume.get("identity") or {}, identity) if identity else None
+        if mismatch:
+            raise PtytomoError(mismatch)
         u = resume["u"].to(device=u0.device, dtype=u0.dtype)
         history = History({k: list(v) for k, v in resume["history"].items()})
         start_iteration = int(resume["iteration"])
@@ -130,31 +255,46 @@ def iterate(
     started = time.perf_counter()
     bar = tqdm(total=iterations, initial=start_iteration, desc=description, unit="it",
                disable=not (progress and main) or None)
-    try:
-        for iteration in range(start_iteration + 1, iterations + 1):
-            u_next, cost = optimizer.step(u)
-            u = u_next
-            row = {"iteration": iteration, "cost": cost, "time_s": elapsed_before + time.perf_counter() - started}
-            row.update(getattr(optimizer, "diagnostics", {}))  # method-specific columns (ADMM residuals, ...)
-            if truth is not None:
-                x = u / to_physical
-                row["rmse_delta"] = rmse(x.real, truth.real)
-                row["rmse_beta"] = rmse(x.imag, truth.imag)
-            history.append(**row)
-            bar.set_postfix(cost=f"{cost:.4g}")
-            bar.update()
-            if checkpoint_every and iteration % checkpoint_every == 0:
-                checkpoint(iteration)
-            if plateau.reached(cost):
-                stopped_by = "tolerance"
-                break
-    except KeyboardInterrupt:
-        stopped_by = "interrupted"
-    finally:
-        bar.close()
-    if checkpoint_path and len(history):
+    with StopRequest(escalate=not _under_torchrun(comm)) as stop:
+        try:
+            for iteration in range(start_iteration + 1, iterations + 1):
+                u_next, cost = optimizer.step(u)
+                u = u_next
+                row = {"iteration": iteration, "cost": cost, "time_s": elapsed_before + time.perf_counter() - started}
+                row.update(getattr(optimizer, "diagnostics", {}))  # method-specific columns (ADMM residuals, ...)
+                if truth is not None:
+                    x = u / to_physical
+                    row["rmse_delta"] = rmse(x.real, truth.real)
+                    row["rmse_beta"] = rmse(x.imag, truth.imag)
+                history.append(**row)
+                bar.set_postfix(cost=f"{cost:.4g}")
+                bar.update()
+                if checkpoint_every and iteration % checkpoint_every == 0:
+                    checkpoint(iteration)
+                if plateau.reached(cost):
+                    stopped_by = "tolerance"
+                    break
+                if _anyone_asked_to_stop(stop.requested, comm):  # every rank agrees on the same iteration
+                    stopped_by = "interrupted"
+                    break
+        except KeyboardInterrupt:
+            stopped_by = "interrupted"
+        finally:
+            bar.close()
+    if checkpoint_path and len(history) and not stop.forced:  # forced: mid-step, keep the last one written
         checkpoint(int(history.last("iteration")))
     return RunResult(u=u, history=history, stopped_by=stopped_by)
+
+
+def _under_torchrun(comm) -> bool:
+    """Ranks started by torchrun get each Ctrl-C twice (terminal and torchrun), so it cannot escalate."""
+    return getattr(comm, "size", 1) > 1 or "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def _anyone_asked_to_stop(requested: bool, comm) -> bool:
+    if comm is None or comm.size == 1:
+        return requested
+    return comm.anyone(requested)
 
 
 def _to_device(state, device):
