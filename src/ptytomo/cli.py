@@ -139,6 +139,68 @@ def run_info(args) -> int:
     data = read_data(args.file)
     print(f"{args.file}: valid ptytomo data file (format version 1)")
     print(describe(data))
+    from .io.series import describe_import
+
+    for line in describe_import(args.file):  # what `ptytomo import` derived, when it made the file
+        print(line)
+    return 0
+
+
+def _int_list(count: int):
+    """argparse type: ``count`` comma-separated integers (``--volume 64,64,64``)."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {count} comma-separated integers, got {text!r}") from None
+        if len(values) != count:
+            raise argparse.ArgumentTypeError(f"expected {count} comma-separated integers, got {text!r}")
+        return values
+
+    return parse
+
+
+def _add_import(sub) -> None:
+    from .io.series import CONJUGATE, FORMATS, ImportOptions
+
+    d = ImportOptions()
+    p = sub.add_parser("import", help="turn one scan file per angle (CXI, NXcxi_ptycho, ptychodus, mapped HDF5) "
+                                      "into one data file")
+    p.add_argument("output", help="data file to write (HDF5, FORMAT.md layout)")
+    p.add_argument("inputs", nargs="+", help="one file per angle (a directory per angle for ptychodus)")
+    p.add_argument("--format", default=d.format, choices=FORMATS, help="input layout (default: detected)")
+    p.add_argument("--mapping", default=None, help="TOML file naming the paths and units of any other HDF5 layout")
+    p.add_argument("--angles", default=None, metavar="FILE", help="text file, one angle a line (where the inputs carry none)")
+    p.add_argument("--angles-unit", default=d.angles_unit, choices=("deg", "rad"), help="unit of --angles (default deg)")
+    p.add_argument("--volume", type=_int_list(3), default=None, metavar="NZ,NY,NX",
+                   help="volume shape (default: from the scanned field, centred on it)")
+    p.add_argument("--crop", type=_positive_int, default=None, metavar="M", help="crop frames to M x M around the zero frequency")
+    p.add_argument("--bin", type=_positive_int, default=d.bin, metavar="B", help="sum B x B detector pixels (default 1)")
+    p.add_argument("--flip", default="", help="comma-separated ud, lr, transpose: applied to the raw frames in order")
+    p.add_argument("--dc", type=_int_list(2), default=None, metavar="ROW,COL",
+                   help="zero-frequency pixel of the (flipped) raw frames (default: detected from the mean pattern)")
+    p.add_argument("--conjugate", default=d.conjugate, choices=CONJUGATE,
+                   help="point-reflect the frames to FORMAT.md's sign (auto: decided by a quick 2D reconstruction)")
+    p.add_argument("--saturation", type=float, default=None, help="mask counts at or above this (default: the file's or dtype's maximum)")
+    p.add_argument("--device", default=d.device, help="device of the --conjugate auto reconstruction")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_import)
+
+
+def run_import(args) -> int:
+    from .io.series import ImportOptions, describe_import, import_series
+
+    options = ImportOptions(
+        format=args.format, mapping=args.mapping, angles_file=args.angles, angles_unit=args.angles_unit,
+        volume_shape=args.volume, crop=args.crop, bin=args.bin,
+        flip=tuple(name.strip() for name in args.flip.split(",") if name.strip()), dc=args.dc,
+        conjugate=args.conjugate, saturation=args.saturation, device=args.device,
+    )
+    import_series(args.output, args.inputs, options, progress=not args.quiet)
+    print(f"wrote {args.output}")
+    for line in describe_import(args.output):
+        print(line)
     return 0
 
 
@@ -315,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(sub)
     _add_reconstruct(sub)
     _add_report(sub)
+    _add_import(sub)
     return parser
 
 
