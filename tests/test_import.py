@@ -415,3 +415,155 @@ def test_missing_compression_filter_is_named(tmp_path, original):
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1
     assert "Bitshuffle" in result.stderr and "pip install hdf5plugin" in result.stderr and inputs[0] in result.stderr
+
+
+# --------------------------------------------------------------------------
+# Fuzzing (issue 13): every damaged input ends in one PtytomoError line, never a traceback or a hang
+# --------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+MUTATIONS = ("truncate", "delete", "retype", "reshape", "nonfinite", "absurd", "extra")
+ABSURD = (0, -1, 1e300, 1e-300, 2**62, -1e-9)
+
+
+def hdf5_members(path) -> list[tuple[str, str | None]]:
+    """(object path, attribute name or None) of every dataset and attribute in a file."""
+    members = [("/", name) for name in h5py.File(path, "r").attrs]
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                members.append((name, None))
+            members.extend((name, attribute) for attribute in obj.attrs)
+        f.visititems(visit)
+    return members
+
+
+def mutate(path, mutation: str, pick: int, fraction: float, value) -> None:
+    """Damage one input file in one way."""
+    if mutation == "truncate":
+        size = os.path.getsize(path)
+        with open(path, "r+b") as handle:
+            handle.truncate(int(size * fraction))
+        return
+    members = hdf5_members(path)
+    name, attribute = members[pick % len(members)]
+    with h5py.File(path, "a") as f:
+        holder = f[name]
+        if mutation == "extra":
+            f.create_dataset(f"/extra_{pick}", data=np.arange(3.0))
+            holder.attrs[f"extra_{pick}"] = "unexpected"
+            return
+        current = holder.attrs[attribute] if attribute else holder[()]
+        if mutation == "delete":
+            replacement = None
+        elif mutation == "retype":
+            replacement = "not a number"
+        elif mutation == "reshape":
+            array = np.asarray(current)
+            if array.dtype.kind in "USO":  # text: two of it
+                array = np.asarray([str(array.reshape(-1)[0])] * 2, dtype=h5py.string_dtype())
+            replacement = array.reshape(-1)[: max(array.size // 2, 1)] if array.ndim else np.stack([array, array])
+        elif mutation == "nonfinite":
+            replacement = np.asarray(current, dtype=np.float64).copy() if np.asarray(current).dtype.kind in "fiub" \
+                else np.asarray(np.nan)
+            replacement.reshape(-1)[:1] = value if isinstance(value, float) and not np.isfinite(value) else np.nan
+        else:  # absurd
+            replacement = np.full(np.shape(current), value, dtype=np.float64)
+        if attribute:
+            del holder.attrs[attribute]
+            if replacement is not None:
+                holder.attrs[attribute] = replacement
+        else:
+            del f[name]
+            if replacement is not None:
+                f[name] = replacement
+
+
+def files_of(inputs) -> list[str]:
+    files = []
+    for path in inputs:
+        files += [os.path.join(path, name) for name in sorted(os.listdir(path))] if os.path.isdir(path) else [path]
+    return files
+
+
+def check_import_fails_cleanly(inputs, options, out) -> None:
+    try:
+        import_series(out, inputs, options, progress=False)
+    except PtytomoError as exc:
+        message = str(exc)
+        assert message and "\n" not in message and "Traceback" not in message
+        if os.environ.get("FUZZ_LOG"):
+            print("FUZZ", message[-110:])
+        return
+    read_data(out)  # a damage the import tolerated (an extra field) must still give a valid file
+
+
+def fuzz(tmp_path_factory, original, writer, options_for):
+    base = tmp_path_factory.mktemp("fuzz_base")
+    inputs = writer(str(base))
+
+    @settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 12)), deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(mutation=st.sampled_from(MUTATIONS), which=st.integers(0, 10**6), pick=st.integers(0, 10**6),
+           fraction=st.floats(0.0, 0.999), value=st.sampled_from(ABSURD + (np.nan, np.inf, -np.inf)))
+    def run(mutation, which, pick, fraction, value):
+        import shutil
+
+        work = tmp_path_factory.mktemp("fuzz")
+        copies = []
+        for path in inputs:
+            target = os.path.join(work, os.path.basename(path))
+            (shutil.copytree if os.path.isdir(path) else shutil.copy)(path, target)
+            copies.append(target)
+        files = files_of(copies)
+        mutate(files[which % len(files)], mutation, pick, fraction, value)
+        check_import_fails_cleanly(copies, options_for(work), os.path.join(work, "out.h5"))
+
+    run()
+
+
+@pytest.fixture(scope="module")
+def fuzz_original():
+    """A smaller data set than the round trips' (2 angles), so each fuzz example takes milliseconds."""
+    config = SimulationConfig(size=8, n_angles=2, detector_size=15, probe_diameter=7, step=4, device="cpu")
+    return simulate(config, progress=False)
+
+
+@pytest.mark.parametrize("layout", ["cxi", "nxcxi", "ptychodus", "map"])
+def test_fuzzed_inputs_fail_in_one_line(tmp_path_factory, fuzz_original, layout):
+    data = fuzz_original
+    angles = tmp_path_factory.mktemp("angles") / "angles.txt"
+    angles.write_text("0\n90\n")
+    mapping_holder = {}
+
+    def writer(directory):
+        if layout == "ptychodus":
+            return write_ptychodus(directory, data)
+        if layout == "map":
+            paths, mapping_holder["file"] = write_mapped(directory, data)
+            return paths
+        return write_cxi(directory, data, nexus=layout == "nxcxi")
+
+    def options_for(work):
+        return ImportOptions(flip=("ud",), conjugate="no", mapping=mapping_holder.get("file"),
+                             angles_file=str(angles) if layout == "cxi" else None)
+
+    fuzz(tmp_path_factory, data, writer, options_for)
+
+
+@settings(max_examples=15, deadline=None, derandomize=True)
+@given(text=st.text(max_size=200))
+def test_fuzzed_mapping_files_fail_in_one_line(text):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "m.toml")
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        try:
+            from ptytomo.io.mapping import load_mapping
+
+            load_mapping(path)
+        except PtytomoError as exc:
+            assert "\n" not in str(exc)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import h5py
 import numpy as np
 
 from .foreign import (ANGLE_UNITS, ENERGY_UNITS, LENGTH_UNITS, AngleScan, FrameSource, InputFile, as_text,
@@ -124,7 +125,9 @@ def good_pixels(f: InputFile, path: str, shape: tuple[int, int]) -> np.ndarray:
 def probe_image(f: InputFile) -> str | None:
     """``/entry_1/image_N/data`` of the first image whose data_type says it is the probe."""
     entry = f.file.get("/entry_1")
-    names = sorted(name for name in (entry.keys() if entry is not None else []) if name.startswith("image_"))
+    if not isinstance(entry, h5py.Group):
+        return None
+    names = sorted(name for name in entry.keys() if name.startswith("image_"))
     for name in names:
         kind = None
         if f.has(f"/entry_1/{name}/data_type"):

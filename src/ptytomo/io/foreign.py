@@ -212,7 +212,9 @@ class InputFile:
         """A numeric dataset read whole (small fields: positions, masks, probes)."""
         dataset = self.dataset(path)
         kinds = _NUMBER_KINDS + ("c" if complex_ok else "") + "b"
-        if dataset.dtype.kind not in kinds or h5py.check_string_dtype(dataset.dtype) is not None:
+        if h5py.check_string_dtype(dataset.dtype) is not None:
+            raise error(self.label, path, "holds text, expected numbers")
+        if dataset.dtype.kind not in kinds:
             raise error(self.label, path, f"has dtype {dataset.dtype}, expected numbers")
         try:
             return np.asarray(dataset[()])

@@ -105,7 +105,7 @@ def detector_pixel(diffraction: InputFile) -> tuple[float, float] | None:
     """(height, width) of a detector pixel from the attributes, on the root or on ``patterns``."""
     for holder in ("/", "/patterns"):
         if all(name in diffraction.file[holder].attrs for name in PIXEL_ATTRIBUTES):
-            return tuple(diffraction.quantity(f"{holder.rstrip('/')}@{name}", LENGTH_UNITS, "pixel size", "m")
+            return tuple(diffraction.quantity(f"{holder}@{name}", LENGTH_UNITS, "pixel size", "m")
                          for name in PIXEL_ATTRIBUTES)
     return None
 

@@ -47,6 +47,10 @@ UNDECIDED = 0.1
 # otherwise send every window down the (slower, equivalent) fractional-shift path.
 INTEGER_SNAP = 1e-6
 CHUNK_BYTES = 8 * 2**20  # HDF5 chunks of the output frames (a reader streams angle batches)
+# Object-plane pixels outside this range (metres) come from a unit error (eV read as keV, mm as m),
+# not from an instrument; so do volumes wider than this many voxels.
+PIXEL_RANGE_M = (1e-12, 1e-2)
+MAX_VOLUME_EDGE = 100_000
 
 
 @dataclass
@@ -259,6 +263,10 @@ def field_of_view(scan: AngleScan, frame_shape: tuple[int, int]) -> tuple[float,
 def square_pixel(header: Header, field_of_view: tuple[float, float], crop: int) -> float:
     """The object-plane pixel of M' x M' frames; FORMAT.md's voxels are cubic, so rows and columns must agree."""
     along_rows, along_cols = field_of_view[0] / crop, field_of_view[1] / crop
+    if not PIXEL_RANGE_M[0] <= along_rows <= PIXEL_RANGE_M[1]:
+        raise error(header.source, header.fields.get("energy"),
+                    f"object-plane pixel lambda z / (M d) = {along_rows:.3g} m is implausible; check the units of "
+                    f"the energy, distance and detector pixel size")
     if not np.isclose(along_rows, along_cols, rtol=1e-6, atol=0):
         raise error(header.source, header.fields.get("frames"),
                     f"object-plane pixels of {along_rows:.6g} x {along_cols:.6g} m are not square; check the "
@@ -341,8 +349,12 @@ def window_corners(headers: list[Header], pixel_m: float, m: int, volume_shape) 
     centres = corners[valid] + (m - 1) / 2
     low, high = centres.min(axis=0), centres.max(axis=0)
     if volume_shape is None:
-        rows, cols = (int(round(span)) + 1 for span in high - low)
+        rows, cols = (int(round(min(span, 10.0 * MAX_VOLUME_EDGE))) + 1 for span in high - low)
         volume_shape = (rows, cols, cols)  # Ny = Nx: the volume turns about z
+    if max(volume_shape) > MAX_VOLUME_EDGE:
+        raise error(headers[0].source, headers[0].fields.get("positions"),
+                    f"the volume would be {volume_shape} voxels of {pixel_m:.3g} m; check the positions' units "
+                    f"(or give --volume)")
     nz, _, nx = volume_shape
     shift = np.array([(nz - 1) / 2, (nx - 1) / 2]) - (low + high) / 2
     corners[valid] += shift
@@ -571,7 +583,10 @@ def write_series(output, open_scan, inputs, options, pipeline, headers, corners,
             for a, path in enumerate(inputs):
                 for start, stop, block in read_frames(open_scan, path, options, saturations[a], raw_good,
                                                       bad, pipeline.frames):
-                    intensities[a, start:stop] = block.astype(np.float32)
+                    block = block.astype(np.float32)
+                    if not np.all(np.isfinite(block)):
+                        raise error(path, None, f"frames {start}..{stop - 1} overflow float32 photon counts")
+                    intensities[a, start:stop] = block
                     total += block.sum(axis=0)
                     bar.update(stop - start)
         f.create_dataset(POSITIONS, data=corners.astype(np.float64))
