@@ -33,10 +33,12 @@ from .errors import PtytomoError
 # the rest is for the interpreter, torch's caches and the estimates' slack.
 FIT_FRACTION = 0.9
 
-# Volumes (of the solver's complex dtype) each optimiser holds at its peak: u,
-# gradient, candidate and its gradient, direction, TV autograd (~6), the ramp
-# filter's padded FFTs (~4), truth, and for L-BFGS its 10 (s, y) pairs.
-VOLUME_COPIES = {"lbfgs": 36, "fista": 16, "gd": 12, "adam": 14}
+# Volumes (of the solver's complex dtype) each optimiser's run holds at its peak,
+# measured: peak RSS growth of `reconstruct` on a 96^3 volume with 4 angles (frames
+# negligible), over 14 iterations (L-BFGS memory full), divided by one volume's bytes.
+# Beside u and the gradient(s) they hold the candidate, the TV prior's autograd
+# graph, the ramp filter's padded FFTs and, for L-BFGS, its 10 (s, y) pairs.
+VOLUME_COPIES = {"lbfgs": 72, "fista": 26, "gd": 20, "adam": 34}
 # ... and what each optimiser's state adds to a checkpoint beside u.
 CHECKPOINT_VOLUMES = {"lbfgs": 22, "fista": 3, "gd": 1, "adam": 3}
 REDUCTION_VOLUMES = 3  # Comm.sum's padded buffer, pieces and total under torchrun
@@ -53,6 +55,12 @@ FRAME_SETS_PER_BATCH = 5
 # its transpose) as CSR (int64 column + value); built once per batch and kept.
 PROJECTOR_ENTRIES_PER_RAY_STEP = 2
 INDEX_BYTES = 8
+# Host bytes per frame pixel of frames held in memory, by real itemsize of the solver,
+# measured (peak RSS growth of a 200-angle run whose frames dominate): float32 frames,
+# reading's validity copy and finiteness mask, amplitudes, and float64's tensor copy.
+IN_MEMORY_FRAME_BYTES = {4: 13, 8: 22}
+# simulate: float32 frames, the Poisson draws' int64 and float32 copies, writing's checks.
+SIMULATED_FRAME_BYTES = {"poisson": 22, "none": 10}
 
 
 def format_bytes(n: float) -> str:
@@ -219,12 +227,13 @@ def plan_reconstruction(shapes: ReconstructionShapes, options, ranks: int = 1, s
         frames_host = 2 * batch * frame * (4 + 4 + real)
         frames_device = 2 * batch * frame * real if device.type == "cuda" else 0
     else:  # float32 frames, reading's validity copy and mask, the amplitudes, their tensor
-        frames_host = a * frame * (9 if device.type == "cuda" or real == 4 else 16)
+        frames_host = a * frame * (IN_MEMORY_FRAME_BYTES[8] if device.type == "cpu" and real == 8
+                                   else IN_MEMORY_FRAME_BYTES[4])
         frames_device = a * frame * real if device.type == "cuda" else 0
 
     frame_sets = FRAME_SETS_PER_BATCH + (1 if _refines_frames(options) else 0)
     compute = {
-        "volume state": voxels * cplx * (VOLUME_COPIES.get(options.optimizer, 36)
+        "volume state": voxels * cplx * (VOLUME_COPIES.get(options.optimizer, max(VOLUME_COPIES.values()))
                                          + (REDUCTION_VOLUMES if ranks > 1 else 0)),
         "per-angle state": a * plane * cplx * PER_ANGLE_PLANES.get(options.method, 0),
         "projector": _projector_bytes(a, shapes.volume_shape, real),
@@ -290,8 +299,8 @@ def _reconstruction_remedy(problem: Callable, shapes, options, ranks: int, strea
         n = min(2 * n, shapes.n_angles)
         if problem(options, n, "auto") is None:
             return f"it would fit on {n} ranks under torchrun (one per node of this memory; docs/distributed.md)"
-    return ("nothing fits here: even the volume state alone is too large; use a machine with more memory "
-            "or reconstruct a coarser (binned) volume")
+    return ("nothing fits here: the volume state does not split over ranks; use a machine with more memory, "
+            "--optimizer gd or fista (fewer volumes than lbfgs), or reconstruct a coarser (binned) volume")
 
 
 def reconstruction_shapes(path) -> ReconstructionShapes | None:
@@ -331,8 +340,7 @@ def plan_simulation(config) -> MemoryPlan:
     modes = max(int(getattr(config, "probe_modes", 1) or 1), 1)
     j = len(raster_centres(n, config.step, 0)) ** 2  # a Fermat spiral of the same step has about as many
     frames = a * j * m * m
-    # float32 frames; Poisson draws are int64 before conversion; writing checks a float32 copy.
-    frame_bytes = frames * (4 + 12 if config.noise == "poisson" else 9)
+    frame_bytes = frames * SIMULATED_FRAME_BYTES.get(config.noise, max(SIMULATED_FRAME_BYTES.values()))
     batch = default_angle_batch(a, j, m * s, cplx, device, modes)
     compute = {
         "phantom": (n * s) ** 3 * cplx,
