@@ -81,6 +81,19 @@ def test_the_refusal_is_one_line_and_exit_2_from_the_shell(huge_volume_file, tmp
     assert done.stderr.startswith("ptytomo reconstruct: error: reconstruct (4 angles")
 
 
+def test_info_on_a_file_declaring_huge_frames_ends_in_one_line(data_file, tmp_path, capsys):
+    """10^8 angles of frames declared in a 90 kB file (chunks never written): reading them cannot fit."""
+    path = tmp_path / "declared.h5"
+    shutil.copy(data_file, path)
+    with h5py.File(path, "r+") as f:
+        del f["/measurement/intensities"]
+        f.create_dataset("/measurement/intensities", shape=(10**8, 16, 15, 15), dtype="f4", chunks=(1, 16, 15, 15))
+    assert main(["info", str(path)]) == 2
+    assert "out of memory (1.31 TiB asked for): the file's arrays are larger" in one_line(capsys)
+    assert main(["reconstruct", str(path), "-o", str(tmp_path / "r.h5"), "--device", "cpu"]) == 2
+    assert "100000000 angles" in one_line(capsys)
+
+
 def test_metadata_shapes_read_without_frames(huge_volume_file, data_file):
     shapes = reconstruction_shapes(huge_volume_file)
     assert shapes == ReconstructionShapes(4, 16, 15, (4096, 4096, 4096), 1, False)

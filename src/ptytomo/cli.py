@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if not is_out_of_memory(exc):
             raise  # a bug: keep its traceback
-        print(f"ptytomo {args.command}: error: {out_of_memory_message(exc)}", file=sys.stderr)
+        print(f"ptytomo {args.command}: error: {out_of_memory_message(exc, args.command)}", file=sys.stderr)
         return 2
 
 

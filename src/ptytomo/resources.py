@@ -508,18 +508,28 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(p.lower() in str(exc).lower() for p in _ALLOCATOR_PHRASES)
 
 
-def out_of_memory_message(exc: BaseException) -> str:
-    """One line for an allocation that failed although the plan said it fits."""
+# What to try when an allocation fails although the plan said the run fits.
+_AFTER_THE_PLAN = "the memory plan said it fits, so other programs may have taken memory since"
+OUT_OF_MEMORY_ADVICE = {
+    "reconstruct": f"{_AFTER_THE_PLAN}; the output and the last checkpoint are as they were; try --stream on, "
+                   "a smaller --angle-batch, --precision float32 or more ranks under torchrun",
+    "simulate": f"{_AFTER_THE_PLAN}; the output is as it was; try --precision float32, fewer --angles "
+                "or a smaller --size",
+}
+
+
+def out_of_memory_message(exc: BaseException, command: str = "reconstruct") -> str:
+    """One line for an allocation that failed, with what to try for ``command``."""
     import re
 
-    text = str(exc)
-    asked = re.search(r"(?:allocate|alloc)\D*?(\d[\d.]*\s*(?:[KMGTP]i?B|bytes))", text)
-    size = f" ({asked.group(1)} asked for)" if asked else ""
-    if isinstance(exc, MemoryError) and not size and exc.args and "bytes" not in text:
-        size = f" ({text})" if text else ""
-    return (f"out of memory{size}: other programs may have taken memory since the plan; "
-            "the output and the last checkpoint are as they were; try --stream on, a smaller --angle-batch, "
-            "--precision float32 or more ranks under torchrun")
+    asked = re.search(r"(?:allocate|alloc)\D*?(\d[\d.]*\s*(?:[KMGTPE]i?B|bytes))", str(exc))
+    amount = asked.group(1) if asked else ""
+    if amount.endswith("bytes"):
+        amount = format_bytes(float(amount.split()[0]))
+    size = f" ({amount} asked for)" if amount else ""
+    advice = OUT_OF_MEMORY_ADVICE.get(command, "the file's arrays are larger than the free memory; "
+                                               "nothing was written")
+    return f"out of memory{size}: {advice}"
 
 
 # --------------------------------------------------------------------------
