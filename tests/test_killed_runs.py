@@ -90,7 +90,7 @@ def test_sigkill_at_random_moments_and_mid_write_resumes_to_the_uninterrupted_re
     killed_mid_write = False
     # The first kill lands inside a checkpoint write (its temporary file half-written, the
     # process paused), the others at random moments of the loop; then the run completes.
-    for kill_number in range(4):
+    for kill_number in range(3):
         process = start_run(data_file, tmp_path, resume=(tmp_path / "ck.pt").exists())
         if not wait_for_checkpoint_write(process, tmp_path):
             break  # it finished before the kill: nothing left to interrupt
@@ -148,6 +148,21 @@ def test_a_checkpoint_of_other_data_or_options_is_refused_naming_them(data_file,
     # What does not change the iterates may change: more iterations, another angle batch.
     assert main(["reconstruct", str(data_file), "-o", str(tmp_path / "b.h5"), "--iterations", "3",
                  "--angle-batch", "1", "--resume", str(checkpoint), *ONCE]) == 0
+
+
+def test_ctrl_c_stops_after_the_iteration_and_resumes_to_the_uninterrupted_result(data_file, uninterrupted,
+                                                                                   tmp_path):
+    process = start_run(data_file, tmp_path, resume=False)
+    assert wait_for_checkpoint_write(process, tmp_path)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0 and "stopping after this iteration" in err, err
+    recon = read_reconstruction(tmp_path / "out.h5")
+    assert recon.parameters["stopped_by"] == "interrupted", err
+    assert load_checkpoint(tmp_path / "ck.pt")["iteration"] == len(recon.history["iteration"]) < ITERATIONS
+    assert main(["reconstruct", str(data_file), "-o", str(tmp_path / "out.h5"), "--iterations", str(ITERATIONS),
+                 "--resume", str(tmp_path / "ck.pt"), *ONCE]) == 0
+    np.testing.assert_allclose(read_reconstruction(tmp_path / "out.h5").volume, uninterrupted[0], rtol=1e-12, atol=0)
 
 
 def test_ctrl_c_under_torchrun_stops_every_rank_at_one_iteration(data_file, tmp_path):
