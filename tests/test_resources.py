@@ -146,6 +146,21 @@ def test_refusals_name_what_would_fit():
     assert require_reconstruction_fits(small, options, device=CPU, host_free=2**50).host_bytes > 0
 
 
+def test_gpu_runs_check_the_device_memory_too():
+    cuda = torch.device("cuda")  # no GPU needed: the free bytes are given
+    shapes = ReconstructionShapes(1000, 400, 64, (256, 256, 256))  # 6.1 GiB of float32 frames
+    options = ReconstructOptions()
+    plan = plan_reconstruction(shapes, options, stream="off", device=cuda)
+    assert plan.device["volume state"] > 0 and plan.device["frames"] > 0 and "volume state" not in plan.host
+    with pytest.raises(PtytomoError, match=r"of cuda memory \(volume state .* but 1 GiB is free; nothing fits"):
+        require_reconstruction_fits(shapes, options, stream="off", device=cuda, host_free=2**50, device_free=GiB)
+    need = plan.device_bytes - plan.device["frames"] + plan_reconstruction(shapes, options, stream="on",
+                                                                         device=cuda).device["frames"]
+    with pytest.raises(PtytomoError, match="it would fit with --stream on"):
+        require_reconstruction_fits(shapes, options, stream="off", device=cuda, host_free=2**50,
+                                    device_free=int(need / resources.FIT_FRACTION) + 2**20)
+
+
 def test_simulation_plan_and_its_remedies():
     config = SimulationConfig(size=64, n_angles=400, detector_size=63, step=4, device="cpu")
     plan = plan_simulation(config)

@@ -297,7 +297,7 @@ def _reconstruction_remedy(problem: Callable, shapes, options, ranks: int, strea
     n = max(ranks, 1)
     while n < shapes.n_angles:
         n = min(2 * n, shapes.n_angles)
-        if problem(options, n, "auto") is None:
+        if problem(options, n, stream) is None:
             return f"it would fit on {n} ranks under torchrun (one per node of this memory; docs/distributed.md)"
     return ("nothing fits here: the volume state does not split over ranks; use a machine with more memory, "
             "--optimizer gd or fista (fewer volumes than lbfgs), or reconstruct a coarser (binned) volume")
