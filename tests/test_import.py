@@ -253,6 +253,23 @@ def test_pipeline_bin_sums_blocks():
                                                               [8 + 9 + 12 + 13, 10 + 11 + 14 + 15]])
 
 
+@pytest.mark.parametrize("m", [8, 9])
+def test_pipeline_undoes_corner_dc_and_flips_exactly(m):
+    """FFT-ordered, flipped and transposed frames come back as FORMAT.md's centred frames, even and odd M."""
+    from ptytomo.io.series import orient
+
+    def detector(frames):  # what the test's detector does: flip ud, transpose, DC to the corner
+        return np.fft.ifftshift(frames[..., ::-1, :].swapaxes(-1, -2), axes=(-2, -1))
+
+    frames = np.random.default_rng(m).random((2, m, m))
+    marker = np.zeros((m, m))
+    marker[m // 2, m // 2] = 1  # FORMAT.md's DC pixel
+    flips = ("transpose", "ud")  # undoes the detector's orientation
+    dc = tuple(int(i) for i in np.argwhere(orient(detector(marker), flips))[0])
+    pipeline = FramePipeline(flips=flips, oriented_shape=(m, m), dc=dc, crop=m, bin=1)
+    np.testing.assert_array_equal(pipeline.frames(detector(frames)), frames)
+
+
 def test_default_volume_is_centred_on_the_scanned_field(tmp_path, original):
     inputs = write_cxi(str(tmp_path), original, nexus=True)
     out = tmp_path / "default.h5"
@@ -276,8 +293,12 @@ def conjugated_copy(data):
     return replace(data, intensities=point_reflect(data.intensities).copy(), probe=np.conj(data.probe))
 
 
-@pytest.mark.parametrize("conjugated", [False, True])
-def test_conjugate_auto_detects_the_convention(tmp_path, original, conjugated):
+@pytest.mark.parametrize("conjugated, check_size", [(False, 64), (True, 64), (True, 11)])
+def test_conjugate_auto_detects_the_convention(tmp_path, original, conjugated, check_size, monkeypatch):
+    """Data written in either sign convention; check_size 11 < M runs the check on cropped frames."""
+    from ptytomo.io import series
+
+    monkeypatch.setattr(series, "CHECK_SIZE", check_size)
     data = conjugated_copy(original) if conjugated else original
     inputs = write_cxi(str(tmp_path), data, nexus=True)
     out = tmp_path / "auto.h5"

@@ -43,6 +43,8 @@ CONJUGATE = ("auto", "yes", "no")
 IMPORT = "/import"
 # |correlation| below this: the quick reconstruction cannot tell the sign; the frames are kept as they are.
 UNDECIDED = 0.1
+# Frames larger than this are cropped (coarser pixel) for the --conjugate auto check.
+CHECK_SIZE = 64
 # Positions this close to an integer are that integer: metres / pixel leaves float dust that would
 # otherwise send every window down the (slower, equivalent) fractional-shift path.
 INTEGER_SNAP = 1e-6
@@ -183,8 +185,7 @@ class FramePipeline:
         # detector the rolled-in border rows are what the crop below then cuts away.
         frames = np.roll(orient(frames, self.flips), (height // 2 - self.dc[0], width // 2 - self.dc[1]),
                          axis=(-2, -1))
-        top, left = height // 2 - self.crop // 2, width // 2 - self.crop // 2  # DC lands at M'//2
-        return frames[..., top:top + self.crop, left:left + self.crop]
+        return centre_crop(frames, self.crop)  # DC lands at M'//2
 
     def frames(self, raw: np.ndarray) -> np.ndarray:
         """Counts: centred, cropped, binned by summing B x B blocks (DC bin at M//2), reflected if asked."""
@@ -209,16 +210,25 @@ class FramePipeline:
         the same way.  Binning by B keeps the pixel and shrinks the field of view: keep the
         central M of the probe.  The point reflection of the frames conjugates the probe.
         """
-        height, width = probe.shape[-2:]
-        if (height, width) != (self.crop, self.crop):
-            far = np.fft.fftshift(np.fft.fft2(probe, norm="ortho"), axes=(-2, -1))
-            top, left = height // 2 - self.crop // 2, width // 2 - self.crop // 2
-            far = far[..., top:top + self.crop, left:left + self.crop]
-            probe = np.fft.ifft2(np.fft.ifftshift(far, axes=(-2, -1)), norm="ortho")
+        if probe.shape[-2:] != (self.crop, self.crop):
+            probe = crop_far_field(probe, self.crop)
         if self.bin > 1:
             start = self.crop // 2 - self.size // 2
             probe = probe[..., start:start + self.size, start:start + self.size]
         return np.conj(probe) if self.conjugate else probe
+
+
+def centre_crop(frames: np.ndarray, size: int) -> np.ndarray:
+    """The central size x size of (..., H, W) frames whose DC is at (H//2, W//2); DC lands at size//2."""
+    height, width = frames.shape[-2:]
+    top, left = height // 2 - size // 2, width // 2 - size // 2
+    return frames[..., top:top + size, left:left + size]
+
+
+def crop_far_field(probe: np.ndarray, size: int) -> np.ndarray:
+    """The probe seen by a detector cropped to size x size: its far field cropped, on a coarser grid."""
+    far = centre_crop(np.fft.fftshift(np.fft.fft2(probe, norm="ortho"), axes=(-2, -1)), size)
+    return np.fft.ifft2(np.fft.ifftshift(far, axes=(-2, -1)), norm="ortho")
 
 
 def probe_from_mean_pattern(mean_pattern: np.ndarray) -> np.ndarray:
@@ -454,10 +464,24 @@ def phase_absorption_correlation(frames: np.ndarray, corners: np.ndarray, angle:
     from ..reconstruct import ReconstructOptions, build_objective
     from ..solvers.subproblems import PtychographyRetrieval
 
+    # Large frames are cropped to CHECK_SIZE: a coarser pixel, enough to see the sign, at a fraction of
+    # the cost.  A volume one voxel deep: the 2D retrieval lives on the (Nz, Nu) projection plane, and a
+    # thin volume keeps the model's projector (built by build_objective, unused here) from costing Ny times more.
+    m = frames.shape[-1]
+    if m > CHECK_SIZE:
+        scale = m / CHECK_SIZE
+        frames, probe, mask = (centre_crop(frames, CHECK_SIZE), crop_far_field(probe, CHECK_SIZE),
+                               None if mask is None else centre_crop(mask, CHECK_SIZE))
+        # Window centres keep their place in metres: corner + (m-1)/2 scales with the pixel.
+        corners = (corners + (m - 1) / 2) / scale - (CHECK_SIZE - 1) / 2
+        geometry = Geometry(geometry.energy_kev, geometry.voxel_size_m * scale,
+                            tuple(max(1, math.ceil(n / scale)) for n in geometry.volume_shape))
+    nz, _, nx = geometry.volume_shape
+    thin = Geometry(geometry.energy_kev, geometry.voxel_size_m, (nz, 1, nx))
     data = PtychoTomoData(intensities=frames[None].astype(np.float32), positions=corners[None],
-                          angles=np.array([angle]), probe=probe.astype(np.complex64), geometry=geometry,
+                          angles=np.array([angle]), probe=probe.astype(np.complex64), geometry=thin,
                           mask=mask)
-    objective = build_objective(data, ReconstructOptions(device=device, precision="float64"))
+    objective = build_objective(data, ReconstructOptions(device=device))
     retrieval = PtychographyRetrieval(objective)
     psi = retrieval.initial()
     for _ in range(sweeps):
@@ -536,6 +560,7 @@ def import_series(output, inputs, options: ImportOptions | None = None, progress
         angles_from=angles_source, angle_min_deg=float(np.degrees(angles.min())),
         angle_max_deg=float(np.degrees(angles.max())),
         conjugated=conjugate, conjugate_option=options.conjugate,
+        conjugate_probe="inputs" if probe_in is not None else "initial guess",
         conjugate_correlation=correlation if correlation is not None else float("nan"),
         saturation=saturations[0] if saturations[0] is not None else float("nan"),
     )
@@ -649,7 +674,9 @@ def describe_import(path) -> list[str]:
 
     sources = a.get("sources", [])
     correlation = a.get("conjugate_correlation", float("nan"))
-    decided = "given" if text("conjugate_option") != "auto" else f"auto, phase/attenuation correlation {correlation:+.2f}"
+    decided = "given" if text("conjugate_option") != "auto" else \
+        f"auto, phase/attenuation correlation {correlation:+.2f} with the {text('conjugate_probe')} probe" + \
+        (", undecided: kept" if abs(correlation) <= UNDECIDED else "")
     return [
         f"imported      {len(sources)} {text('format')} input(s), {text('frames')} frames; flips {text('flips')}",
         f"pixel size    {float(a.get('object_pixel_m', float('nan'))) * 1e9:.4g} nm (lambda z / (M' d), M' = "
