@@ -538,17 +538,18 @@ def import_series(output, inputs, options: ImportOptions | None = None, progress
             raise PtytomoError(f"--dc {dc[0]},{dc[1]} lies outside frames of {oriented_shape} px")
     pipeline = FramePipeline(tuple(options.flip), tuple(oriented_shape), dc, crop, options.bin)
 
-    conjugate, correlation = decide_conjugation(open_scan, inputs, headers, options, pipeline, probe_in, raw_good,
-                                                corners, valid, angles, geometry, saturations)
-    pipeline.conjugate = conjugate
-    out_good = pipeline.mask(raw_good) if raw_good is not None else None
-    probe = pipeline.probe(probe_in) if probe_in is not None else None
-
-    # Check the geometry before the long write: windows outside the volume, a bad --volume.
-    placeholder = probe if probe is not None else np.ones((1, m, m), dtype=np.complex64)
+    # Check the geometry before the conjugation check and the long write: windows outside the volume,
+    # a bad --volume, a mask without a good pixel.  (The point reflection changes none of these.)
+    placeholder = pipeline.probe(probe_in) if probe_in is not None else np.ones((1, m, m), dtype=np.complex64)
     validate_data(PtychoTomoData(intensities=LazyIntensities(output, 0, len(inputs), (corners.shape[1], m, m)),
                                  positions=corners, angles=angles, probe=placeholder, geometry=geometry,
-                                 valid=None if valid.all() else valid, mask=out_good), output)
+                                 valid=None if valid.all() else valid,
+                                 mask=pipeline.mask(raw_good) if raw_good is not None else None), output)
+
+    conjugate, correlation = decide_conjugation(open_scan, inputs, headers, options, pipeline, probe_in, raw_good,
+                                                corners, angles, geometry, saturations)
+    pipeline.conjugate = conjugate
+    probe = pipeline.probe(probe_in) if probe_in is not None else None
 
     record.update(
         format=layout, sources=[header.source for header in headers], frames=int(valid.sum()),
@@ -560,7 +561,7 @@ def import_series(output, inputs, options: ImportOptions | None = None, progress
         angles_from=angles_source, angle_min_deg=float(np.degrees(angles.min())),
         angle_max_deg=float(np.degrees(angles.max())),
         conjugated=conjugate, conjugate_option=options.conjugate,
-        conjugate_probe="inputs" if probe_in is not None else "initial guess",
+        conjugate_probe="input" if probe_in is not None else "initial guess",
         conjugate_correlation=correlation if correlation is not None else float("nan"),
         saturation=saturations[0] if saturations[0] is not None else float("nan"),
     )
@@ -569,16 +570,15 @@ def import_series(output, inputs, options: ImportOptions | None = None, progress
     return record
 
 
-def decide_conjugation(open_scan, inputs, headers, options, pipeline, probe_in, raw_good, corners, valid, angles,
+def decide_conjugation(open_scan, inputs, headers, options, pipeline, probe_in, raw_good, corners, angles,
                        geometry, saturations) -> tuple[bool, float | None]:
     """--conjugate: yes/no as given; auto from the phase-attenuation correlation of the middle angle."""
     if options.conjugate != "auto":
         return options.conjugate == "yes", None
     middle = len(inputs) // 2
     bad = BadPixels(headers[middle].frame_shape)
-    blocks = [block for _, _, block in read_frames(open_scan, inputs[middle], options, saturations[middle],
-                                                   raw_good, bad, pipeline.frames)]
-    frames = np.concatenate(blocks)
+    blocks = read_frames(open_scan, inputs[middle], options, saturations[middle], raw_good, bad, pipeline.frames)
+    frames = np.concatenate([block.astype(np.float32) for _, _, block in blocks])
     good = raw_good & ~bad.seen if raw_good is not None else ~bad.seen
     mask = pipeline.mask(good)
     probe = pipeline.probe(probe_in) if probe_in is not None else probe_from_mean_pattern(frames.mean(axis=0))
