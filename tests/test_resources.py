@@ -98,6 +98,11 @@ def test_metadata_shapes_read_without_frames(huge_volume_file, data_file):
     shapes = reconstruction_shapes(huge_volume_file)
     assert shapes == ReconstructionShapes(4, 16, 15, (4096, 4096, 4096), 1, False)
     assert reconstruction_shapes(data_file).has_truth
+    floats = huge_volume_file.with_name("floats.h5")
+    shutil.copy(huge_volume_file, floats)
+    with h5py.File(floats, "r+") as f:  # integral floats are a valid volume_shape too
+        f["/geometry"].attrs["volume_shape"] = np.array([4096.0, 4096.0, 4096.0])
+    assert reconstruction_shapes(floats) == shapes
 
 
 BEAMLINE = ReconstructionShapes(n_angles=1000, n_positions=2000, detector_size=128, volume_shape=(1000, 1000, 1000))

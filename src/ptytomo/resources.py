@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import shutil
 from dataclasses import dataclass, field, replace
 from typing import Callable
@@ -322,7 +323,9 @@ def reconstruction_shapes(path) -> ReconstructionShapes | None:
             has_truth = f.get(TRUTH) is not None
     except Exception:  # noqa: BLE001 - any unreadable metadata: read_data will say what is wrong
         return None
-    if shape.shape != (3,) or shape.dtype.kind not in "iu" or not np.all(shape > 0):
+    # FORMAT.md readers take integral floats too: a float-declared huge volume must not slip past.
+    if shape.shape != (3,) or shape.dtype.kind not in "fiu" or not np.all(np.isfinite(shape)) \
+            or not np.all(shape > 0) or not np.all(np.mod(shape, 1) == 0):
         return None
     return ReconstructionShapes(n_angles, n_positions, m, tuple(int(n) for n in shape), max(modes, 1), has_truth)
 
@@ -447,9 +450,7 @@ def plan_import(frame_shape: tuple[int, int], n_frames: int, output=None, *, fra
 
 def check_disk(path, needed_bytes: int, what: str = "output") -> None:
     """Raise one line when the file system of ``path`` has less than ``needed_bytes`` free."""
-    folder = os.path.dirname(os.path.abspath(os.fspath(path))) or "."
-    while not os.path.isdir(folder):  # a folder still to be made: its nearest existing parent
-        folder = os.path.dirname(folder)
+    folder = _existing_folder(path)
     free = shutil.disk_usage(folder).free
     if needed_bytes > free:
         raise PtytomoError(f"{what} {os.fspath(path)}: needs about {format_bytes(needed_bytes)} of disk, "
@@ -467,6 +468,7 @@ def check_disks(needs: dict[str, tuple[str, int]]) -> None:
 
 
 def _existing_folder(path) -> str:
+    """The folder ``path`` goes in, or its nearest existing parent when it is still to be made."""
     folder = os.path.dirname(os.path.abspath(os.fspath(path))) or "."
     while not os.path.isdir(folder):
         folder = os.path.dirname(folder)
@@ -520,8 +522,6 @@ OUT_OF_MEMORY_ADVICE = {
 
 def out_of_memory_message(exc: BaseException, command: str = "reconstruct") -> str:
     """One line for an allocation that failed, with what to try for ``command``."""
-    import re
-
     asked = re.search(r"(?:allocate|alloc)\D*?(\d[\d.]*\s*(?:[KMGTPE]i?B|bytes))", str(exc))
     amount = asked.group(1) if asked else ""
     if amount.endswith("bytes"):

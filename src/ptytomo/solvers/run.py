@@ -170,8 +170,9 @@ class StopRequest:
     Ctrl-C (``forced``; the last checkpoint written is then kept as it is).
     """
 
-    def __init__(self, escalate: bool):
+    def __init__(self, escalate: bool, announce: bool = True):
         self.escalate = escalate
+        self.announce = announce  # one rank says it, not all
         self.requested = False
         self.forced = False
         self._previous = None
@@ -191,7 +192,7 @@ class StopRequest:
         if self.requested and self.escalate:
             self.forced = True
             raise KeyboardInterrupt
-        if not self.requested:
+        if not self.requested and self.announce:
             print("\nptytomo: stopping after this iteration" + (" (Ctrl-C again to stop at once)" if self.escalate else ""),
                   file=sys.stderr, flush=True)
         self.requested = True
@@ -255,7 +256,7 @@ def iterate(
     started = time.perf_counter()
     bar = tqdm(total=iterations, initial=start_iteration, desc=description, unit="it",
                disable=not (progress and main) or None)
-    with StopRequest(escalate=not _under_torchrun(comm)) as stop:
+    with StopRequest(escalate=not _under_torchrun(comm), announce=main) as stop:
         try:
             for iteration in range(start_iteration + 1, iterations + 1):
                 u_next, cost = optimizer.step(u)
