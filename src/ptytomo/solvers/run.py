@@ -11,6 +11,7 @@ to the same result as an uninterrupted run.
 from __future__ import annotations
 
 import io
+import math
 import os
 import signal
 import sys
@@ -31,8 +32,11 @@ class History:
     columns: dict[str, list[float]] = field(default_factory=dict)
 
     def append(self, **row: float) -> None:
-        for key, value in row.items():
-            self.columns.setdefault(key, []).append(float(value))
+        """Add one row.  A column first seen in it is NaN in the earlier rows and a column it lacks is
+        NaN in it (diagnostics that start late, e.g. with a refinement), so all columns keep one length."""
+        rows = len(self)
+        for key in list(self.columns) + [k for k in row if k not in self.columns]:
+            self.columns.setdefault(key, [math.nan] * rows).append(float(row.get(key, math.nan)))
 
     def __len__(self) -> int:
         return len(self.columns.get("iteration", []))
