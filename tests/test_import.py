@@ -415,6 +415,18 @@ def test_cli_errors_are_one_line(tmp_path, original, capsys):
     assert status == 2 and err.count("\n") == 1 and inputs[1] in err and "detector_1/distance" in err
     status, err = run_cli(capsys, out, tmp_path / "missing.cxi")
     assert status == 2 and err.count("\n") == 1 and "missing.cxi" in err
+    garbage = tmp_path / "garbage.cxi"
+    garbage.write_bytes(b"not hdf5 at all" * 10)
+    status, err = run_cli(capsys, out, garbage, "--format", "cxi")
+    assert status == 2 and err.count("\n") == 1 and "garbage.cxi: not an HDF5 file" in err
+    with h5py.File(inputs[2], "a") as f:  # an angle whose detector was read out with a smaller region
+        for name in ("data", "mask"):
+            cropped = f[f"entry_1/instrument_1/detector_1/{name}"][..., :13, :13]
+            del f[f"entry_1/instrument_1/detector_1/{name}"]
+            f[f"entry_1/instrument_1/detector_1/{name}"] = cropped
+        del f["entry_1/instrument_1/source_1/illumination"]
+    status, err = run_cli(capsys, out, inputs[0], inputs[2], "--angles", angles, "--conjugate", "no", "--quiet")
+    assert status == 2 and err.count("\n") == 1 and inputs[2] in err and "(13, 13) px" in err
     assert not out.exists()
 
 
@@ -588,3 +600,16 @@ def test_fuzzed_mapping_files_fail_in_one_line(text):
             load_mapping(path)
         except PtytomoError as exc:
             assert "\n" not in str(exc)
+
+
+def test_probe_modes_are_kept(tmp_path, original):
+    inputs = write_cxi(str(tmp_path), original, nexus=True)
+    modes = np.stack([original.probe, 0.3j * original.probe[::-1]])
+    for path in inputs:
+        with h5py.File(path, "a") as f:
+            del f["entry_1/instrument_1/source_1/probe"]
+            f["entry_1/instrument_1/source_1/probe"] = modes
+    out = tmp_path / "modes.h5"
+    record = import_series(out, inputs, ImportOptions(flip=("ud",), conjugate="yes"), progress=False)
+    assert record["probe"] == "from the inputs (2 mode(s))" and record["conjugated"] is True
+    np.testing.assert_allclose(read_data(out).probe, np.conj(modes), rtol=1e-6)

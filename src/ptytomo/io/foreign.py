@@ -310,11 +310,10 @@ def good_pixels_from_bad(source: str, path: str, bad: np.ndarray, shape: tuple[i
 
 def probe_modes(source: str, path: str, probe: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """A probe (H, W) or (K, H, W), complex128 modes (K, H, W); frame-shaped and finite."""
-    probe = np.asarray(probe)
-    if probe.ndim == 2:
-        probe = probe[None]
+    stored = np.asarray(probe)
+    probe = stored[None] if stored.ndim == 2 else stored
     if probe.ndim != 3 or probe.shape[1:] != tuple(shape) or probe.shape[0] < 1:
-        raise error(source, path, f"has shape {probe.shape}, expected (H, W) or (K, H, W) with the frame "
+        raise error(source, path, f"has shape {stored.shape}, expected (H, W) or (K, H, W) with the frame "
                                   f"shape {tuple(shape)}")
     with np.errstate(over="ignore", invalid="ignore"):
         probe = probe.astype(np.complex128)
