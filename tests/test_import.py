@@ -537,7 +537,9 @@ def fuzz(tmp_path_factory, original, writer, options_for):
     base = tmp_path_factory.mktemp("fuzz_base")
     inputs = writer(str(base))
 
-    @settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 12)), deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    # FUZZ_EXAMPLES=200 FUZZ_LOG=1 pytest -s -k fuzzed runs a longer campaign and prints every message.
+    @settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 12)), deadline=None,
+              suppress_health_check=list(HealthCheck), derandomize=True)
     @given(mutation=st.sampled_from(MUTATIONS), which=st.integers(0, 10**6), pick=st.integers(0, 10**6),
            fraction=st.floats(0.0, 0.999), value=st.sampled_from(ABSURD + (np.nan, np.inf, -np.inf)))
     def run(mutation, which, pick, fraction, value):

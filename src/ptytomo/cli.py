@@ -170,19 +170,19 @@ def _add_import(sub) -> None:
     p.add_argument("output", help="data file to write (HDF5, FORMAT.md layout)")
     p.add_argument("inputs", nargs="+", help="one file per angle (a directory per angle for ptychodus)")
     p.add_argument("--format", default=d.format, choices=FORMATS, help="input layout (default: detected)")
-    p.add_argument("--mapping", default=None, help="TOML file naming the paths and units of any other HDF5 layout")
+    p.add_argument("--mapping", default=None, metavar="FILE", help="TOML file naming the paths and units of any other HDF5 layout")
     p.add_argument("--angles", default=None, metavar="FILE", help="text file, one angle a line (where the inputs carry none)")
     p.add_argument("--angles-unit", default=d.angles_unit, choices=("deg", "rad"), help="unit of --angles (default deg)")
     p.add_argument("--volume", type=_int_list(3), default=None, metavar="NZ,NY,NX",
                    help="volume shape (default: from the scanned field, centred on it)")
     p.add_argument("--crop", type=_positive_int, default=None, metavar="M", help="crop frames to M x M around the zero frequency")
     p.add_argument("--bin", type=_positive_int, default=d.bin, metavar="B", help="sum B x B detector pixels (default 1)")
-    p.add_argument("--flip", default="", help="comma-separated ud, lr, transpose: applied to the raw frames in order")
+    p.add_argument("--flip", default="", metavar="STEPS", help="comma-separated ud, lr, transpose: applied to the raw frames in order")
     p.add_argument("--dc", type=_int_list(2), default=None, metavar="ROW,COL",
                    help="zero-frequency pixel of the (flipped) raw frames (default: detected from the mean pattern)")
     p.add_argument("--conjugate", default=d.conjugate, choices=CONJUGATE,
                    help="point-reflect the frames to FORMAT.md's sign (auto: decided by a quick 2D reconstruction)")
-    p.add_argument("--saturation", type=float, default=None, help="mask counts at or above this (default: the file's or dtype's maximum)")
+    p.add_argument("--saturation", type=float, default=None, metavar="COUNTS", help="mask counts at or above this (default: the file's or dtype's maximum)")
     p.add_argument("--device", default=d.device, help="device of the --conjugate auto reconstruction")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_import)
