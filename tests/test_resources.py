@@ -133,6 +133,10 @@ def test_refusals_name_what_would_fit():
     room = int((plan.host_bytes - plan.host["frames"] + 10 * GiB) / resources.FIT_FRACTION)
     with pytest.raises(PtytomoError, match=r"needs about .* GiB of host memory \(.*frames 397 GiB.*it would fit with --stream on"):
         require_reconstruction_fits(BEAMLINE, options, stream="off", device=CPU, host_free=room)
+    big_batches = replace(options, angle_batch=500)
+    need = plan_reconstruction(BEAMLINE, replace(options, angle_batch=64), stream="on", device=CPU).host_bytes
+    with pytest.raises(PtytomoError, match=r"\(batch work .*it would fit with --angle-batch 64"):
+        require_reconstruction_fits(BEAMLINE, big_batches, stream="on", device=CPU, host_free=int(need / 0.85))
     small = ReconstructionShapes(100, 400, 64, (256, 256, 256))
     double = replace(options, precision="float64")
     need64 = plan_reconstruction(small, double, stream="on", device=CPU).host_bytes

@@ -200,6 +200,19 @@ def default_angle_batch(n_angles: int, n_positions: int, m: int, complex_bytes: 
     return max(1, min(n_angles, default_batch_budget(device) // max(per_angle, 1)))
 
 
+def _modes(shapes: ReconstructionShapes, options) -> int:
+    """Probe modes K: the option's (0 or absent: the file's)."""
+    return max(int(getattr(options, "probe_modes", 1) or 1), int(shapes.probe_modes), 1)
+
+
+def effective_angle_batch(shapes: ReconstructionShapes, options, n_angles: int, device: torch.device) -> int:
+    """``--angle-batch``, or the one the model chooses from its memory budget when it is 0."""
+    _, cplx = _itemsizes(options.precision)
+    chosen = options.angle_batch or default_angle_batch(n_angles, shapes.n_positions, shapes.detector_size, cplx,
+                                                       device, _modes(shapes, options))
+    return min(n_angles, chosen)
+
+
 def _refines_frames(options) -> bool:
     """Probe or position refinement keeps about one more set of frames (their gradients) per batch."""
     refine = str(getattr(options, "refine", "none") or "none")
@@ -218,8 +231,8 @@ def plan_reconstruction(shapes: ReconstructionShapes, options, ranks: int = 1, s
     a = partition(a_total, max(ranks, 1), 0).stop  # rank 0 has the largest share
     nz, ny, nx = shapes.volume_shape
     voxels = nz * ny * nx
-    modes = max(int(getattr(options, "probe_modes", 1) or 1), int(shapes.probe_modes), 1)
-    batch = min(a, options.angle_batch or default_angle_batch(a, j, m, cplx, device, modes))
+    modes = _modes(shapes, options)
+    batch = effective_angle_batch(shapes, options, a, device)
     frame = j * m * m  # elements of one angle's frames
     plane = (nz + 2 * m) * (nx + 2 * m)  # padded projection H x W (windows may stick out by M on each side)
 
@@ -273,21 +286,21 @@ def require_reconstruction_fits(shapes: ReconstructionShapes, options, ranks: in
     reason = problem(options, ranks, stream)
     if reason is None:
         return plan_reconstruction(shapes, options, ranks, stream, device)
-    remedy = _reconstruction_remedy(problem, shapes, options, ranks, stream)
+    batch = effective_angle_batch(shapes, options, shapes.n_angles, device)
+    remedy = _reconstruction_remedy(problem, shapes, options, ranks, stream, batch)
     volume = "x".join(map(str, shapes.volume_shape))
     size = (f"{shapes.n_angles} angles x {shapes.n_positions} positions of {shapes.detector_size}^2 px, "
             f"volume {volume}, {options.precision}")
     raise PtytomoError(f"reconstruct ({size}) {reason}; {remedy}")
 
 
-def _reconstruction_remedy(problem: Callable, shapes, options, ranks: int, stream: str) -> str:
+def _reconstruction_remedy(problem: Callable, shapes, options, ranks: int, stream: str, batch_now: int) -> str:
     """The least change that makes it fit, tried in order: stream, smaller batch, float32, ranks."""
     changes = []
     if stream != "on":
         changes.append(("--stream on", options, ranks, "on"))
-    batch_now = options.angle_batch or 0
     for batch in (64, 16, 4, 1):
-        if not batch_now or batch < batch_now:
+        if batch < batch_now:
             changes.append((f"--angle-batch {batch}", replace(options, angle_batch=batch), ranks, stream))
     if options.precision == "float64":
         changes.append(("--precision float32", replace(options, precision="float32"), ranks, stream))
