@@ -608,7 +608,8 @@ def write_series(output, open_scan, inputs, options, pipeline, headers, corners,
             for a, path in enumerate(inputs):
                 for start, stop, block in read_frames(open_scan, path, options, saturations[a], raw_good,
                                                       bad, pipeline.frames):
-                    block = block.astype(np.float32)
+                    with np.errstate(over="ignore"):  # reported just below, with the frames named
+                        block = block.astype(np.float32)
                     if not np.all(np.isfinite(block)):
                         raise error(path, None, f"frames {start}..{stop - 1} overflow float32 photon counts")
                     intensities[a, start:stop] = block
