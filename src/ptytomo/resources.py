@@ -261,6 +261,8 @@ def plan_reconstruction(shapes: ReconstructionShapes, options, ranks: int = 1, s
         "truth": 8 * voxels if shapes.has_truth else 0,
     }
     if device.type == "cuda":
+        if getattr(options, "checkpoint", ""):  # u and the optimiser's state copied to the host to be saved
+            host["checkpoint copy"] = checkpoint_bytes(shapes, options)
         return MemoryPlan("reconstruct", host=host, device=compute, device_name=str(device))
     compute.pop("frames")
     host.update(compute)

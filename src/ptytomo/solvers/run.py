@@ -10,7 +10,6 @@ to the same result as an uninterrupted run.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import signal
@@ -68,7 +67,7 @@ class Plateau:
 
 CHECKPOINT_FORMAT = "ptytomo-checkpoint"
 CHECKPOINT_KEYS = ("u", "iteration", "history", "optimizer")
-# Test hook only: seconds to pause half-way through writing the temporary file,
+# Test hook only: seconds to pause once part of the temporary file is written,
 # so that a test can kill a run in the middle of a checkpoint write.
 _PAUSE_ENV = "PTYTOMO_TEST_CHECKPOINT_PAUSE_S"
 
@@ -82,19 +81,11 @@ def save_checkpoint(path: Path, payload: dict) -> None:
     """
     path = Path(path)
     _remove_stale_temporaries(path)
-    buffer = io.BytesIO()
-    torch.save({"format": CHECKPOINT_FORMAT, **payload}, buffer)
-    data = buffer.getbuffer()
     temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(temporary, "wb") as f:
-            half = len(data) // 2
-            f.write(data[:half])
-            pause = float(os.environ.get(_PAUSE_ENV, "0") or 0)
-            if pause > 0:
-                f.flush()
-                time.sleep(pause)
-            f.write(data[half:])
+            # Straight to the file, not through a buffer: a checkpoint can be tens of volumes.
+            torch.save({"format": CHECKPOINT_FORMAT, **payload}, _pausing(f))
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
@@ -104,6 +95,29 @@ def save_checkpoint(path: Path, payload: dict) -> None:
         raise PtytomoError(f"--checkpoint {path}: cannot write it ({exc.strerror or exc}); "
                            "the previous checkpoint is kept") from None
     _fsync_folder(path.parent)
+
+
+class _PausingWriter:
+    """A file that pauses once, after its first write reached the disk (the test hook above)."""
+
+    def __init__(self, f, pause_s: float):
+        self.f, self.pause_s = f, pause_s
+
+    def write(self, data) -> int:
+        written = self.f.write(data)
+        if self.pause_s:
+            self.f.flush()
+            time.sleep(self.pause_s)
+            self.pause_s = 0.0
+        return written
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _pausing(f):
+    pause = float(os.environ.get(_PAUSE_ENV, "0") or 0)
+    return _PausingWriter(f, pause) if pause > 0 else f
 
 
 def _fsync_folder(folder: Path) -> None:
