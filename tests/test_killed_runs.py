@@ -192,3 +192,31 @@ def test_ctrl_c_under_torchrun_stops_every_rank_at_one_iteration(data_file, tmp_
     assert saved["iteration"] == iterations
     physical = (saved["u"] / recon.parameters["phase_per_unit_x"]).numpy().astype(np.complex64)
     np.testing.assert_array_equal(recon.volume, physical)  # the file and the checkpoint hold the same iterate
+
+
+def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    from ptytomo.errors import PtytomoError
+    from ptytomo.solvers import run
+
+    path = tmp_path / "ck.pt"
+    payload = {"u": torch.zeros(4), "iteration": 1, "history": {}, "optimizer": {}}
+    run.save_checkpoint(path, payload)
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(run, "open", lambda name, mode: FullDisk(open(name, mode)), raising=False)
+    with pytest.raises(PtytomoError, match=r"--checkpoint .*ck.pt: cannot write it \(No space left on device\); "
+                                           r"the previous checkpoint is kept"):
+        run.save_checkpoint(path, {**payload, "iteration": 2})
+    assert load_checkpoint(path)["iteration"] == 1 and not list(tmp_path.glob(".ck.pt.tmp*"))

@@ -89,10 +89,11 @@ def save_checkpoint(path: Path, payload: dict) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # torch's zip writer reports a full disk as a RuntimeError
         with suppress(OSError):
             os.remove(temporary)
-        raise PtytomoError(f"--checkpoint {path}: cannot write it ({exc.strerror or exc}); "
+        reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0]
+        raise PtytomoError(f"--checkpoint {path}: cannot write it ({reason}); "
                            "the previous checkpoint is kept") from None
     _fsync_folder(path.parent)
 
