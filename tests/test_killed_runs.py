@@ -94,12 +94,11 @@ def test_sigkill_at_random_moments_and_mid_write_resumes_to_the_uninterrupted_re
         process = start_run(data_file, tmp_path, resume=(tmp_path / "ck.pt").exists())
         if not wait_for_checkpoint_write(process, tmp_path):
             break  # it finished before the kill: nothing left to interrupt
-        if kill_number == 0:
-            time.sleep(PAUSE_S / 3)
-            killed_mid_write = (tmp_path / f".ck.pt.tmp{process.pid}").exists()
-        else:
+        if kill_number > 0:
             time.sleep(rng.uniform(0, 4 * PAUSE_S))
         kill(process)
+        if kill_number == 0:  # its temporary file outlives it only if the kill landed mid-write
+            killed_mid_write = (tmp_path / f".ck.pt.tmp{process.pid}").exists()
         load_checkpoint(tmp_path / "ck.pt")  # the previous or the new one, whole, after every kill
     assert killed_mid_write
     done = start_run(data_file, tmp_path, resume=True)
