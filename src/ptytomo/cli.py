@@ -250,6 +250,21 @@ def _add_reconstruct(sub) -> None:
                         "holding them (auto: when they would fill over half the memory)")
     p.add_argument("--rank-timeout", type=float, default=1800.0, metavar="SECONDS",
                    help="under torchrun: how long a rank waits for the others before the job fails")
+    p.add_argument("--refine", default=d.refine,
+                   help="unknowns refined besides the volume: a comma list of probe, positions, or none "
+                        "(default %(default)s)")
+    p.add_argument("--probe-modes", type=int, default=d.probe_modes,
+                   help="K incoherent probe modes (default: as many as the file's probe has)")
+    p.add_argument("--probe-init", default=d.probe_init,
+                   help="initial probe: file, mean-pattern, disc:D or gaussian:D (D in pixels; default %(default)s)")
+    p.add_argument("--probe-start", type=int, default=d.probe_start,
+                   help="first iteration (sweep for sequential, admm, ptycho) of probe updates (default %(default)s)")
+    p.add_argument("--positions-start", type=int, default=d.positions_start,
+                   help="first iteration (sweep) of position updates (default %(default)s)")
+    p.add_argument("--max-position-correction", type=float, default=d.max_position_correction,
+                   help="largest position correction in pixels (default %(default)g)")
+    p.add_argument("--position-affine", action="store_true",
+                   help="constrain position corrections to one affine map of the scan (scale, rotation, shear)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_reconstruct)
 

@@ -30,30 +30,39 @@ TARGET_LIPSCHITZ = 100.0
 def detector_residual(loss: str, field: torch.Tensor, measured: torch.Tensor, weight):
     """(cost, r) with d cost = 2 Re <r, d field>; ``measured`` is amplitude (sqrt of counts).
 
-    The bracket of METHOD.md eq. 5 and its variants for the other losses.
+    The bracket of METHOD.md eq. 5 and its variants for the other losses.  A
+    ``field`` with one more axis than ``measured`` (B, J, K, M, M) holds K
+    incoherent modes: the model intensity is the sum of theirs, and every
+    mode's residual is its field times the same real factor.
     """
+    modal = field.dim() == measured.dim() + 1
     parts = torch.view_as_real(field)
-    modulus = torch.linalg.vector_norm(parts, dim=-1)  # fewer passes over memory than field.abs()
+    if modal:
+        modulus = torch.sqrt(torch.sum(parts**2, dim=(2, -1)))
+    else:
+        modulus = torch.linalg.vector_norm(parts, dim=-1)  # fewer passes over memory than field.abs()
     if loss == "amplitude":
         misfit = modulus - measured
         cost_map = misfit**2
         # g - a g/|g|, with g/|g| = 0 where g = 0 (there g itself is 0, so any finite scale works)
-        scale = misfit / modulus.clamp_min(1e-20)
-        r = torch.view_as_complex(parts * scale.unsqueeze(-1))
+        factor = misfit / modulus.clamp_min(1e-20)
     elif loss == "intensity":
         misfit = modulus**2 - measured**2
         cost_map = misfit**2
-        r = 2 * misfit.to(field.dtype) * field
+        factor = 2 * misfit
     else:  # poisson negative log-likelihood as a deviance: 0 at a perfect fit, so relative changes mean something
         counts = measured**2
         intensity = modulus**2
         floor = torch.finfo(modulus.dtype).tiny
         log_ratio = torch.log(intensity.clamp_min(floor)) - torch.log(counts.clamp_min(floor))
         cost_map = intensity - counts - counts * log_ratio
-        r = field * (1 - counts / intensity.clamp_min(floor)).to(field.dtype)
+        factor = 1 - counts / intensity.clamp_min(floor)
     if weight is not None:
         cost_map = cost_map * weight
-        r = r * weight
+        factor = factor * weight
+    if modal:
+        factor = factor.unsqueeze(2)
+    r = torch.view_as_complex(parts * factor.unsqueeze(-1))
     return cost_map.sum(), r
 
 
@@ -65,6 +74,31 @@ def power_iteration(apply, v: torch.Tensor, iterations: int) -> float:
         value = float(torch.linalg.vector_norm(out))
         v = out / value
     return value
+
+
+@dataclass
+class BatchResidual:
+    """One angle batch's share of an evaluation: what every unknown's gradient starts from.
+
+    ``back`` is F^H of the detector residual per probe mode (B, J, K, Kr, Kc), so that
+    ``d cost = 2 Re <back, d exit wave>``; the volume, the probe and the positions
+    each chain it to their own variable (parameter groups: :mod:`ptytomo.model`).
+    Costs are raw (probe-normalised, not multiplied by ``Scaling.cost``): the groups
+    take Gauss-Newton steps, which do not depend on the cost's scale.
+    """
+
+    index: int  # batch number b
+    angles: slice  # the batch's angles
+    ptychography: object  # the batch's Ptychography operator
+    transmission: torch.Tensor  # padded O (B, H, W)
+    back: torch.Tensor
+
+
+def with_mode_axis(weight, field: torch.Tensor):
+    """``weight`` (mask, valid flags) broadcast against a field that may carry a mode axis."""
+    if weight is None or field.dim() == 4:
+        return weight
+    return weight.unsqueeze(-3)
 
 
 @dataclass
@@ -89,7 +123,8 @@ class JointObjective:
         self.model = model
         self.loss = loss
         self.reduce = reduce or (lambda partial: partial)
-        self.probe_max = float(model.probe.abs().max())
+        # The brightest pixel of the summed mode intensities (max |P| for one mode).
+        self.probe_max = float(torch.sqrt((model.probe.abs() ** 2).reshape(-1, model.m, model.m).sum(0).max()))
         # Normalise the probe to max |P| = 1 in the model and the data alike.
         model.set_probe(model.probe / self.probe_max)
         self.amplitudes = amplitudes / self.probe_max
@@ -103,6 +138,30 @@ class JointObjective:
         self.scaling = Scaling(to_u=model.k * model.voxel_size_m, cost=1.0)
         self.scaling.cost = TARGET_LIPSCHITZ / self.lipschitz_at_zero()
         self.evaluations = 0
+        # Parameter groups (probe, positions, ...) that take their gradients from the next
+        # evaluations' residuals; set by the stepper for the iterations in which they update.
+        self.listeners: list = []
+        self.last_point = None  # the unknown of the latest evaluation (whose residuals the listeners hold)
+
+    def residual(self, b: int, transmission: torch.Tensor) -> tuple[BatchResidual, torch.Tensor]:
+        """Far fields, detector residual and its back-transform for batch ``b``; the cost goes to
+        the caller, the residual to every listening group (the one place data meet the model)."""
+        batch = self.model.batches[b]
+        q = self.model.ptychography(b)
+        cost, r = detector_residual(self.loss, q.forward(transmission), self.amplitudes[batch], self.batch_weight(batch))
+        result = BatchResidual(b, batch, q, transmission, q.back_waves(r))
+        for listener in self.listeners:
+            listener.accumulate(result)
+        return result, cost
+
+    def begin_evaluation(self) -> None:
+        for listener in self.listeners:
+            listener.begin()
+
+    def end_evaluation(self, point) -> None:
+        self.last_point = point
+        for listener in self.listeners:
+            listener.finish(self.reduce)
 
     def batch_weight(self, batch: slice):
         """Detector mask x valid flags for one angle batch (None when neither is given)."""
@@ -116,17 +175,18 @@ class JointObjective:
         x = u / self.scaling.to_u
         total = torch.zeros((), dtype=torch.float64, device=model.device)
         grad = torch.zeros_like(u) if need_grad else None
-        for b, batch in enumerate(model.batches):
+        self.begin_evaluation()
+        for b in range(len(model.batches)):
             o = model.transmission(x, b)
-            field = model.ptychography(b).forward(o)
-            cost, r = detector_residual(self.loss, field, self.amplitudes[batch], self.batch_weight(batch))
+            result, cost = self.residual(b, o)
             total += cost.to(torch.float64)
             if need_grad:
-                back = model.crop(o.conj() * model.ptychography(b).adjoint(r))
+                back = model.crop(o.conj() * result.ptychography.adjoint_of_back_waves(result.back))
                 # d/du of 2 Re<r, Q(o * i R' du)> is -2i R'^T(conj(o) Q^H r): delta part
                 # Im, beta part -Re (METHOD.md eq. 5), with R' = R / voxel_size.
                 grad += model.projector(b).adjoint(-2j * back) / model.voxel_size_m
         self.evaluations += 1
+        self.end_evaluation(u)
         total = self.reduce(total)
         if need_grad:
             grad = self.reduce(grad)
@@ -150,7 +210,7 @@ class JointObjective:
                 # At u = 0 the transmission is 1, so J du = Q(i R' du).
                 projection = model.pad(model.projector(b).forward(v)) / model.voxel_size_m
                 field = model.ptychography(b).forward(1j * projection)
-                weight = self.batch_weight(model.batches[b])
+                weight = with_mode_axis(self.batch_weight(model.batches[b]), field)
                 if weight is not None:
                     field = field * weight
                 back = model.crop(model.ptychography(b).adjoint(field))

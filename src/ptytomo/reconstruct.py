@@ -22,10 +22,11 @@ from .solvers import OPTIMIZERS, Regularised, iterate, load_checkpoint, make_opt
 from .solvers.baselines import Admm, Sequential
 from .solvers.subproblems import PTYCHO_STEP
 
-METHODS = ("joint", "sequential", "admm")
+METHODS = ("joint", "sequential", "admm", "ptycho")
 # Defaults that depend on the method (0 in the options means "the method's default").
-# joint/sequential: optimiser iterations; admm: outer iterations (the paper ran 50).
-DEFAULT_ITERATIONS = {"joint": 100, "sequential": 100, "admm": 50}
+# joint/sequential: optimiser iterations; admm: outer iterations (the paper ran 50);
+# ptycho: sweeps of 2D ptychography per angle (no volume).
+DEFAULT_ITERATIONS = {"joint": 100, "sequential": 100, "admm": 50, "ptycho": 300}
 # sequential: ptychography sweeps before the tomography; admm: sweeps per outer iteration.
 DEFAULT_PTYCHO_ITERATIONS = {"sequential": 300, "admm": 4}
 TOMOGRAPHY_SOLVERS = ("iterative", "fbp")
@@ -71,6 +72,25 @@ class ReconstructOptions:
     checkpoint_every: int = 0
     resume: str = ""
     seed: int = 0
+    # Refinement of the forward model's other unknowns (parameter groups, ptytomo.model):
+    refine: str = "probe"  # comma list of ptytomo.model.GROUPS (probe, positions), or "none"
+    probe_modes: int = 0  # K incoherent modes; 0: as many as the file's probe has
+    probe_init: str = "file"  # file | mean-pattern | disc:D | gaussian:D
+    probe_start: int = 3  # first iteration (sweep for sequential, admm, ptycho) of probe updates
+    positions_start: int = 20  # first iteration (sweep) of position updates
+    max_position_correction: float = 4.0  # pixels
+    position_affine: bool = False  # constrain position corrections to one affine map of the scan
+
+    def refined(self) -> list[str]:
+        """The groups named by ``refine``, in their canonical order."""
+        from .model import GROUPS
+
+        names = [] if self.refine.strip() in ("none", "") else [n.strip() for n in self.refine.split(",")]
+        for name in names:
+            if name not in GROUPS:
+                raise PtytomoError(f"--refine {self.refine!r}: unknown {name!r}; choose from "
+                                   f"{', '.join(GROUPS)} (comma-separated) or none")
+        return [n for n in GROUPS if n in names]
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -101,6 +121,17 @@ class ReconstructOptions:
             raise PtytomoError(f"--tomo-iterations must be >= 1, got {self.tomo_iterations}")
         if self.checkpoint_every and not self.checkpoint:
             raise PtytomoError("--checkpoint-every needs --checkpoint PATH")
+        from .model.probe import parse_probe_init
+
+        parse_probe_init(self.probe_init)
+        if self.refined() and self.loss not in PTYCHO_STEP:
+            raise PtytomoError(f"--refine {self.refine} takes Gauss-Newton steps for --loss "
+                               f"{' or '.join(PTYCHO_STEP)}; use --refine none with --loss {self.loss}")
+        for name in ("probe_modes", "probe_start", "positions_start"):
+            if getattr(self, name) < 0:
+                raise PtytomoError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if not (math.isfinite(self.max_position_correction) and self.max_position_correction > 0):
+            raise PtytomoError(f"--max-position-correction must be a number > 0, got {self.max_position_correction}")
 
     @classmethod
     def names(cls) -> list[str]:
@@ -130,7 +161,7 @@ def beta_dose_factor(counts: float) -> float:
 
 def assess(data: PtychoTomoData, counts: float, comm: Comm = SOLO) -> list[str]:
     """One line per way ``data`` lies outside what the defaults handle well."""
-    from .scan import linear_overlap, probe_diameter_estimate, step_estimate
+    from .scan import linear_overlap, probe_diameter_estimate, probe_intensity, step_estimate
 
     notes = []
     valid = data.valid_or_all()
@@ -144,7 +175,8 @@ def assess(data: PtychoTomoData, counts: float, comm: Comm = SOLO) -> list[str]:
     if counts < LOW_DOSE:
         notes.append(f"low dose (median {counts:.3g} photons per frame): beta (absorption) will be weak and smoothed")
     illuminated = np.zeros((nz, nx), dtype=bool)
-    support = np.abs(data.probe) ** 2 > 0.01 * np.max(np.abs(data.probe) ** 2)
+    intensity = probe_intensity(data.probe)
+    support = intensity > 0.01 * intensity.max()
     m = data.detector_size
     for r, c in np.round(data.positions[valid]).astype(int):
         rows, cols = slice(max(r, 0), min(r + m, nz)), slice(max(c, 0), min(c + m, nx))
@@ -158,13 +190,18 @@ def assess(data: PtychoTomoData, counts: float, comm: Comm = SOLO) -> list[str]:
     return notes
 
 
-def build_objective(data: PtychoTomoData, options: ReconstructOptions, comm: Comm = SOLO) -> JointObjective:
+def build_objective(data: PtychoTomoData, options: ReconstructOptions, comm: Comm = SOLO,
+                    probe: np.ndarray | None = None) -> JointObjective:
+    """The joint objective of ``data``; ``probe`` (K, M, M) replaces the file's (initial guesses)."""
     device = resolve_device(options.device)
     real_dtype, _ = resolve_precision(options.precision)
     g = data.geometry
+    refined = options.refined()
+    margin = math.ceil(options.max_position_correction) + 1 if "positions" in refined else 0
     model = JointModel(
-        g.volume_shape, g.voxel_size_m, g.energy_kev, data.angles, data.positions, data.probe,
-        valid=data.valid, angle_batch=options.angle_batch or None, device=device, dtype=real_dtype,
+        g.volume_shape, g.voxel_size_m, g.energy_kev, data.angles, data.positions,
+        data.probe if probe is None else probe, valid=data.valid, angle_batch=options.angle_batch or None,
+        device=device, dtype=real_dtype, margin=margin, pruned=False if refined else None,
     )
     amplitudes = amplitudes_of(data, model.batches, device, real_dtype)  # None unless streamed
     if amplitudes is None:
@@ -172,9 +209,29 @@ def build_objective(data: PtychoTomoData, options: ReconstructOptions, comm: Com
     return JointObjective(model, amplitudes, options.loss, data.mask, reduce=comm.sum)
 
 
+def make_groups(objective: JointObjective, options: ReconstructOptions, comm: Comm = SOLO) -> list:
+    """The parameter groups ``options.refine`` names, on ``objective``'s model."""
+    from .model import PositionOptions, PositionsGroup, ProbeGroup, ProbeOptions
+    from .solvers.baselines import gather_angles, share_of
+
+    model, refined, groups = objective.model, options.refined(), []
+    if "probe" in refined:
+        groups.append(ProbeGroup(model, ProbeOptions(enabled=True, start=options.probe_start)))
+    if "positions" in refined:
+        position_options = PositionOptions(enabled=True, start=options.positions_start,
+                                           max_correction=options.max_position_correction,
+                                           affine=options.position_affine)
+        groups.append(PositionsGroup(model, position_options, gather=lambda t: gather_angles(comm, t),
+                                     share=lambda t: share_of(comm, t, model.recorded_positions)))
+    return groups
+
+
 def make_stepper(objective: JointObjective, options: ReconstructOptions, tv_beta: float, progress: bool = True,
-                 comm: Comm = SOLO):
-    """The object ``iterate`` steps for ``options.method``: an optimiser (joint) or a baseline."""
+                 comm: Comm = SOLO, groups=()):
+    """The object ``iterate`` steps for ``options.method``: an optimiser (joint) or a baseline,
+    refining ``groups`` (probe, positions) on the way."""
+    from .model import RefiningStepper
+    from .solvers.baselines import Ptycho
 
     def optimizer_for(problem_objective):
         problem = Regularised(problem_objective, options.tv_delta, tv_beta, options.nonnegative)
@@ -185,11 +242,15 @@ def make_stepper(objective: JointObjective, options: ReconstructOptions, tv_beta
     ptycho_iterations = options.ptycho_iterations or DEFAULT_PTYCHO_ITERATIONS.get(options.method, 0)
     if options.method == "sequential":
         return Sequential(objective, optimizer_for, ptycho_iterations, options.tolerance,
-                          direct=options.tomography == "fbp", step=options.ptycho_step, progress=progress, comm=comm)
+                          direct=options.tomography == "fbp", step=options.ptycho_step, progress=progress, comm=comm,
+                          groups=groups)
     if options.method == "admm":
         return Admm(objective, optimizer_for, options.rho, options.rho_update, ptycho_iterations,
-                    options.tomo_iterations, options.ptycho_step, comm=comm)
-    return optimizer_for(objective)
+                    options.tomo_iterations, options.ptycho_step, comm=comm, groups=groups)
+    if options.method == "ptycho":
+        return Ptycho(objective, options.ptycho_step, comm=comm, groups=groups)
+    optimizer = optimizer_for(objective)
+    return RefiningStepper(objective, optimizer, groups) if groups else optimizer
 
 
 def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None, progress: bool = True,
@@ -206,11 +267,17 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
     for line in warnings if comm.is_main else []:
         log.warning(line)
     torch.manual_seed(options.seed)
-    objective = build_objective(data, options, comm)
+    from .model import initial_probe
+
+    probe, probe_notes = initial_probe(data, options.probe_init, options.probe_modes, options.seed, comm)
+    for line in probe_notes if comm.is_main else []:
+        log.warning(line)
+    objective = build_objective(data, options, comm, probe=probe)
+    groups = make_groups(objective, options, comm)
     model = objective.model
     tv_beta = options.tv_beta * (beta_dose_factor(counts) if options.tv_dose_scaling else 1.0)
     iterations = options.iterations or (1 if options.tomography == "fbp" else DEFAULT_ITERATIONS[options.method])
-    stepper = make_stepper(objective, options, tv_beta, progress and comm.is_main, comm)
+    stepper = make_stepper(objective, options, tv_beta, progress and comm.is_main, comm, groups)
     to_u = objective.scaling.to_u
     truth = None
     if data.truth is not None:
@@ -224,6 +291,10 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
         description=options.method if options.method != "joint" else f"joint/{options.optimizer}",
         main=comm.is_main, comm=comm,
     )
+    fit, fit_warning = final_fit(objective, stepper, result, data, options.loss, comm)
+    if fit_warning and comm.is_main:
+        log.warning(fit_warning)
+    warnings = warnings + ([fit_warning] if fit_warning else [])
     if hasattr(objective.amplitudes, "close"):  # a streamed data set: stop its read-ahead thread
         objective.amplitudes.close()
     volume = (result.u / to_u).cpu().numpy().astype(np.complex64)
@@ -235,8 +306,41 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
     )
     parameters.update(ranks=comm.size, streamed=isinstance(data.intensities, LazyIntensities),
                       sent_bytes_per_rank=comm.sent_bytes)
+    parameters.update(fit)
     if data.truth is not None:
         parameters.update(volume_errors(volume, data.truth))
     history = {k: np.asarray(v, dtype=np.float64) for k, v in result.history.columns.items()}
+    refined = refined_unknowns(objective, groups, stepper, comm)
+    parameters.update(probe_notes=probe_notes or ["none"], probe_modes_used=int(model.probe.shape[0]))
     return Reconstruction(volume=volume, method=options.method, parameters=parameters, history=history,
-                          geometry=data.geometry)
+                          geometry=data.geometry, **refined)
+
+
+def final_fit(objective: JointObjective, stepper, result, data, loss: str, comm: Comm = SOLO):
+    """The data misfit at the end (count units) against photon noise: (record, warning or None).
+
+    The joint methods are judged by their volume's model; ``--method ptycho`` by its
+    transmissions (the last sweep's misfit, which its history already holds)."""
+    from .diagnostics import fit_quality
+    from .solvers.baselines import Ptycho
+
+    if isinstance(stepper, Ptycho):
+        raw = result.history.last("cost") if len(result.history) else float("nan")
+    else:
+        raw = objective.value(result.u) / objective.scaling.cost
+    return fit_quality(raw * objective.probe_max**2, data, loss, comm)
+
+
+def refined_unknowns(objective: JointObjective, groups: list, stepper, comm: Comm = SOLO) -> dict:
+    """The Reconstruction fields of what was refined besides the volume (FORMAT.md's optional ones)."""
+    from .solvers.baselines import Ptycho, gather_angles
+
+    model, out = objective.model, {}
+    if any(g.name == "probe" for g in groups):
+        out["probe"] = (model.probe * objective.probe_max).cpu().numpy().astype(np.complex64)
+    for group in groups:
+        if group.name == "positions":
+            out["positions"] = gather_angles(comm, group.refined_positions()).numpy()
+    if isinstance(stepper, Ptycho):
+        out["transmission"] = stepper.transmissions().numpy().astype(np.complex64)
+    return out

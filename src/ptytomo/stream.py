@@ -74,16 +74,29 @@ class AmplitudeStream:
         return torch.from_numpy(amplitudes).to(device=self.device, dtype=self.dtype) / self.divisor
 
 
+def _angle_chunks(data: PtychoTomoData, chunk_bytes: int):
+    """(angle slice, frames) a chunk at a time (read from the file when streamed)."""
+    frames = data.intensities
+    per_angle = max(1, int(np.prod(frames.shape[1:])) * 4)
+    step = max(1, chunk_bytes // per_angle)
+    for a in range(0, len(frames), step):
+        yield slice(a, min(a + step, len(frames))), frames[a : a + step]
+
+
 def frame_sums(data: PtychoTomoData, chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
     """Photons per valid frame (a 1D array), reading streamed frames a chunk at a time."""
     valid = data.valid_or_all()
-    frames = data.intensities
-    if not isinstance(frames, LazyIntensities):
-        return frames.sum(axis=(2, 3))[valid]
-    per_angle = max(1, int(np.prod(frames.frame_shape)) * 4)
-    step = max(1, chunk_bytes // per_angle)
-    sums = [frames[a : a + step].sum(axis=(2, 3)) for a in range(0, len(frames), step)]
+    sums = [frames.sum(axis=(2, 3)) for _, frames in _angle_chunks(data, chunk_bytes)]
     return np.concatenate(sums)[valid]
+
+
+def mean_pattern(data: PtychoTomoData, chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
+    """The mean (M, M) diffraction pattern of the valid frames (float64)."""
+    valid = data.valid_or_all()
+    total = np.zeros(data.intensities.shape[-2:], dtype=np.float64)
+    for angles, frames in _angle_chunks(data, chunk_bytes):
+        total += np.asarray(frames, dtype=np.float64)[valid[angles]].sum(axis=0)
+    return total / max(int(valid.sum()), 1)
 
 
 def amplitudes_of(data: PtychoTomoData, batches: list[slice], device, dtype) -> AmplitudeStream | None:

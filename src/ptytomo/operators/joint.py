@@ -45,7 +45,12 @@ class JointModel:
         batch_bytes: int | None = None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        margin: int = 0,
+        pruned: bool | None = None,
     ):
+        """``probe`` (M, M) or (K, M, M) incoherent modes.  ``margin``: extra free-space padding
+        (pixels) on every side, room for refined positions to move into.  ``pruned=False``
+        keeps whole windows (the probe and position gradients need them)."""
         self.device = torch.device(device)
         self.real_dtype = dtype
         self.complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
@@ -58,6 +63,7 @@ class JointModel:
         self.n_angles, self.n_positions = positions.shape[:2]
         self.probe = torch.as_tensor(np.asarray(probe)).to(device=self.device, dtype=self.complex_dtype)
         self.m = self.probe.shape[-1]
+        self.pruned = pruned
         self.valid = None if valid is None else torch.as_tensor(np.asarray(valid, dtype=bool))
 
         nz, _, nx = self.volume_shape
@@ -66,19 +72,22 @@ class JointModel:
             corners = corners[self.valid]
         rows, cols = corners[..., 0], corners[..., 1]
         # Pad the projection so every window lies inside; the pad is free space.
-        self.pad_top = int(max(0, -rows.min().item()))
-        self.pad_left = int(max(0, -cols.min().item()))
-        self.pad_bottom = int(max(0, rows.max().item() + self.m - nz))
-        self.pad_right = int(max(0, cols.max().item() + self.m - nx))
+        margin = int(margin)
+        self.pad_top = int(max(0, -rows.min().item())) + margin
+        self.pad_left = int(max(0, -cols.min().item())) + margin
+        self.pad_bottom = int(max(0, rows.max().item() + self.m - nz)) + margin
+        self.pad_right = int(max(0, cols.max().item() + self.m - nx)) + margin
         self.padded_shape = (nz + self.pad_top + self.pad_bottom, nx + self.pad_left + self.pad_right)
         self.positions = positions + torch.tensor([self.pad_top, self.pad_left], dtype=torch.float64)
         if self.valid is not None:
             # Invalid entries may hold any value; park them at the origin so they index safely.
             self.positions[~self.valid] = 0.0
+        self.recorded_positions = self.positions.clone()  # padded coordinates; refinement offsets these
 
         if angle_batch is None:
             budget = batch_bytes or DEFAULT_BATCH_BYTES.get(self.device.type, DEFAULT_BATCH_BYTES["cpu"])
-            per_angle = 3 * self.n_positions * self.m**2 * self.probe.element_size()
+            n_modes = 1 if self.probe.dim() == 2 else self.probe.shape[0]
+            per_angle = 3 * n_modes * self.n_positions * self.m**2 * self.probe.element_size()
             angle_batch = max(1, min(self.n_angles, budget // max(per_angle, 1)))
         self.angle_batch = int(angle_batch)
         self.batches = [
@@ -93,6 +102,16 @@ class JointModel:
         self.probe = probe.to(device=self.device, dtype=self.complex_dtype)
         self._ptychography.clear()
 
+    def set_positions(self, positions: torch.Tensor) -> None:
+        """Replace the window corners (A, J, 2) in padded coordinates (refinement); they must stay
+        inside the padded plane (``margin``); the operators are rebuilt on next use."""
+        self.positions = positions.to(torch.float64).cpu()
+        self._ptychography.clear()
+
+    def unpadded(self, positions: torch.Tensor) -> torch.Tensor:
+        """Padded-plane corners back in the data file's coordinates."""
+        return positions.cpu() - torch.tensor([self.pad_top, self.pad_left], dtype=torch.float64)
+
     # -- the operators of one batch, built on first use and kept -------------
     def projector(self, b: int) -> ParallelProjector:
         if b not in self._projectors:
@@ -105,7 +124,8 @@ class JointModel:
         if b not in self._ptychography:
             batch = self.batches[b]
             valid = None if self.valid is None else self.valid[batch]
-            self._ptychography[b] = Ptychography(self.positions[batch], self.probe, self.padded_shape, valid)
+            self._ptychography[b] = Ptychography(self.positions[batch], self.probe, self.padded_shape, valid,
+                                                 pruned=self.pruned)
         return self._ptychography[b]
 
     # -- forward pieces -----------------------------------------------------------
@@ -131,7 +151,8 @@ class JointModel:
         """|far field| for all angles, (A, J, M, M), real dtype, on the model's device."""
         out = torch.empty((self.n_angles, self.n_positions, self.m, self.m), dtype=self.real_dtype, device=self.device)
         for b, batch in enumerate(self.batches):
-            out[batch] = self.far_field(x, b).abs()
+            fields = self.far_field(x, b)
+            out[batch] = fields.abs() if fields.dim() == 4 else torch.sqrt(torch.sum(fields.abs() ** 2, dim=2))
         return out
 
     def volume(self, x) -> torch.Tensor:

@@ -28,16 +28,23 @@ import torch
 
 
 def shift_probe(probe: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
-    """Probe translated by ``shifts`` (K, 2) pixels (row, col): P(u - shift), band-limited.
+    """Probe translated by ``shifts`` (F, 2) pixels (row, col): P(u - shift), band-limited.
 
-    Returns (K, M, M).  Integer-free callers pass the fractional parts only.
+    ``probe`` (M, M) or (K, M, M) modes, or (F, K, M, M) one stack per shift; returns
+    (F, M, M) or (F, K, M, M).  Integer-free callers pass the fractional parts only.
     """
     m = probe.shape[-1]
     freq = torch.fft.fftfreq(m, device=probe.device, dtype=shifts.dtype)
     phase = -2j * torch.pi * (
         shifts[:, 0, None, None] * freq[None, :, None] + shifts[:, 1, None, None] * freq[None, None, :]
     )
-    return torch.fft.ifft2(torch.fft.fft2(probe)[None] * torch.exp(phase).to(probe.dtype))
+    ramp = torch.exp(phase).to(probe.dtype)  # (F, M, M)
+    spectrum = torch.fft.fft2(probe)
+    if probe.dim() == 2:
+        return torch.fft.ifft2(spectrum[None] * ramp)
+    if probe.dim() == 3:  # (K, M, M) modes, every shift applied to all of them
+        return torch.fft.ifft2(spectrum[None] * ramp[:, None])
+    return torch.fft.ifft2(spectrum * ramp[:, None])  # (F, K, M, M), one shift per stack
 
 
 def centred_dft_matrix(m: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -71,6 +78,12 @@ class Ptychography:
     transmission array given to ``forward`` (the caller adds its padding).
     Every window must lie inside (H, W).  ``valid`` (B, J) zeroes padding
     entries in both directions, so they take no part in anything.
+
+    ``probe`` is (M, M), or (K, M, M) mutually incoherent modes: then the far
+    fields carry a mode axis, (B, J, K, M, M), whose intensities the losses add.
+    The operator stays linear in the transmission (one coherent field per mode).
+    ``pruned=False`` keeps whole M x M windows, as the probe and position
+    gradients need.
     """
 
     def __init__(
@@ -81,12 +94,15 @@ class Ptychography:
         valid: torch.Tensor | None = None,
         pruned: bool | None = None,
     ):
-        self.probe = probe
+        self.probe = probe  # as given: (M, M) or (K, M, M)
+        self.single_mode = probe.dim() == 2
+        probe = probe[None] if self.single_mode else probe  # (K, M, M) from here on
         self.m = probe.shape[-1]
+        self.n_modes = probe.shape[0]
         self.transmission_shape = tuple(transmission_shape)
         positions = positions.to(device=probe.device, dtype=torch.float64)
         corner = torch.round(positions)
-        fraction = positions - corner
+        self.fraction = positions - corner
         corner = corner.to(torch.int64)
         height, width = self.transmission_shape
         if corner.numel() and (
@@ -95,18 +111,19 @@ class Ptychography:
             raise ValueError("a scan window falls outside the padded transmission")
         self.batch, self.n_positions = positions.shape[:2]
         self.angle_index = torch.arange(self.batch, device=probe.device)[:, None, None, None]
-        if torch.any(fraction != 0):
-            shifted = shift_probe(probe, fraction.reshape(-1, 2))
-            self.frame_probe = shifted.reshape(self.batch, self.n_positions, self.m, self.m)
+        self.shifted = bool(torch.any(self.fraction != 0))
+        if self.shifted:
+            shifted = shift_probe(probe, self.fraction.reshape(-1, 2))  # (B*J, K, M, M)
+            self.frame_probe = shifted.reshape(self.batch, self.n_positions, self.n_modes, self.m, self.m)
             box = (slice(0, self.m), slice(0, self.m))
         else:
-            box = support_box(probe)
+            box = support_box(probe.abs().sum(dim=0))
             box_area = (box[0].stop - box[0].start) * (box[1].stop - box[1].start)
             if pruned is None:
                 pruned = box_area <= self.m**2 // 4
             if not pruned:
                 box = (slice(0, self.m), slice(0, self.m))
-            self.frame_probe = probe[box]  # broadcasts over (B, J)
+            self.frame_probe = probe[:, box[0], box[1]]  # (K, Kr, Kc), broadcasts over (B, J)
         self.pruned = box[0].stop - box[0].start < self.m or box[1].stop - box[1].start < self.m
         if self.pruned:
             dft = centred_dft_matrix(self.m, probe.dtype, probe.device)
@@ -126,9 +143,14 @@ class Ptychography:
         index = (self.angle_index, self.rows[..., :, None], self.cols[..., None, :])
         return out.index_put_(index, frames, accumulate=True)
 
+    def _weighted(self, frames: torch.Tensor) -> torch.Tensor:
+        if self.weight is None:
+            return frames
+        return frames * (self.weight if frames.dim() == 4 else self.weight[..., None])
+
     def exit_waves(self, transmission: torch.Tensor) -> torch.Tensor:
-        waves = self.frame_probe * self.windows(transmission)
-        return waves if self.weight is None else waves * self.weight
+        """(B, J, K, Kr, Kc): every mode times every window."""
+        return self._weighted(self.frame_probe * self.windows(transmission)[:, :, None])
 
     def transform(self, waves: torch.Tensor) -> torch.Tensor:
         if self.pruned:
@@ -141,10 +163,54 @@ class Ptychography:
         return far_field_adjoint(fields)
 
     def forward(self, transmission: torch.Tensor) -> torch.Tensor:
-        return self.transform(self.exit_waves(transmission))
+        fields = self.transform(self.exit_waves(transmission))
+        return fields[:, :, 0] if self.single_mode else fields
+
+    def back_waves(self, fields: torch.Tensor) -> torch.Tensor:
+        """F^H of detector-plane residuals, (B, J, K, Kr, Kc), valid entries only: with
+        ``d cost = 2 Re <r, d far field>`` it is the residual every unknown's gradient starts from."""
+        if self.single_mode:
+            fields = fields[:, :, None]
+        return self._weighted(self.transform_adjoint(fields))
+
+    def adjoint_of_back_waves(self, back: torch.Tensor) -> torch.Tensor:
+        """Q^H from :meth:`back_waves`: conjugate probe modes summed, windows scattered back."""
+        return self.windows_adjoint(torch.sum(back * self.frame_probe.conj(), dim=2))
 
     def adjoint(self, fields: torch.Tensor) -> torch.Tensor:
-        waves = self.transform_adjoint(fields) * self.frame_probe.conj()
+        return self.adjoint_of_back_waves(self.back_waves(fields))
+
+    # -- gradients with respect to the probe and the positions ----------------
+    # Both use whole windows (pruned=False): a refined probe has no compact support.
+    def probe_gradient(self, transmission: torch.Tensor, back: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(grad, curvature): d cost = 2 Re <grad, d probe> for the (K, M, M) modes, and the
+        Gauss-Newton diagonal sum_frames |window|^2 (M, M) that preconditions the probe's step."""
+        windows = self.windows(transmission)
+        grad_frames = back * windows.conj()[:, :, None]
+        if self.shifted:
+            # The frame's probe is the probe shifted by the position's fraction: undo the shift (unitary).
+            flat = grad_frames.reshape(-1, self.n_modes, self.m, self.m)
+            grad_frames = shift_probe(flat, -self.fraction.reshape(-1, 2)).reshape(grad_frames.shape)
+        weighted = self._weighted(windows.abs() ** 2)
+        return grad_frames.sum(dim=(0, 1)), weighted.sum(dim=(0, 1))
+
+    def position_gradient(self, transmission: torch.Tensor, back: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(grad, curvature), each (B, J, 2): d cost / d position (row, col) of every window, and the
+        Gauss-Newton curvature of the exit wave along the object's gradient, sum |P dO/dr|^2
+        (Odstrcil et al., Opt. Express 26, 3108 (2018)), which preconditions the step."""
+        windows = self.windows(transmission)
+        # The window at n + f is modelled as P(u - f) O(u + n): d/df = -grad P(u - f) O(u + n).
+        spectrum = torch.fft.fft2(self.frame_probe)
+        freq = torch.fft.fftfreq(self.m, device=windows.device, dtype=self.fraction.dtype).to(spectrum.dtype)
+        grads, curvatures = [], []
+        for axis, ramp in ((-2, freq[:, None]), (-1, freq[None, :])):
+            d_probe = -torch.fft.ifft2(spectrum * (2j * torch.pi * ramp))
+            d_wave = d_probe * windows[:, :, None]
+            grads.append(2 * torch.real(torch.sum(back.conj() * d_wave, dim=(2, 3, 4))))
+            d_object = torch.gradient(windows, dim=axis)[0]
+            curvatures.append(2 * torch.sum(torch.abs(self.frame_probe * d_object[:, :, None]) ** 2, dim=(2, 3, 4)))
+        grad = torch.stack(grads, dim=-1)
+        curvature = torch.stack(curvatures, dim=-1)
         if self.weight is not None:
-            waves = waves * self.weight
-        return self.windows_adjoint(waves)
+            grad = grad * self.weight[..., 0]
+        return grad, curvature

@@ -46,8 +46,9 @@ class Sequential:
     """Sequential baseline: ``retrieve`` all angles, then tomography steps."""
 
     def __init__(self, objective, solver: TomographySolver, ptycho_iterations: int, tolerance: float = 0.0,
-                 direct: bool = False, step: float = 1.0, progress: bool = True, comm: Comm = SOLO):
+                 direct: bool = False, step: float = 1.0, progress: bool = True, comm: Comm = SOLO, groups=()):
         self.comm = comm
+        self.groups = list(groups)  # refined during the ptychography (probe, positions)
         self.retrieval = PtychographyRetrieval(objective)
         self.tomography = TomographyObjective(objective.model, self.retrieval.lit, objective.reduce)
         self.solver = solver
@@ -65,8 +66,8 @@ class Sequential:
         plateau = Plateau(self.tolerance)
         with tqdm(total=self.ptycho_iterations, desc="sequential/ptychography", unit="it",
                   disable=not self.progress or None) as bar:
-            for _ in range(self.ptycho_iterations):
-                cost = self.retrieval.sweep(psi, step=self.step_size)
+            for sweep in range(1, self.ptycho_iterations + 1):
+                cost = self.retrieval.sweep(psi, step=self.step_size, groups=self.groups, index=sweep)
                 bar.set_postfix(cost=f"{cost:.4g}")
                 bar.update()
                 if plateau.reached(cost):
@@ -86,9 +87,13 @@ class Sequential:
 
     def state_dict(self) -> dict:
         return {"projections": gather_angles(self.comm, self.tomography.target), "ptycho_cost": self.ptycho_cost,
-                "inner": None if self.inner is None else self.inner.state_dict()}
+                "inner": None if self.inner is None else self.inner.state_dict(),
+                "groups": {g.name: g.state_dict() for g in self.groups}}
 
     def load_state_dict(self, state: dict) -> None:
+        for group in self.groups:
+            group.load_state_dict(state["groups"][group.name])
+        self.retrieval.refresh_illumination()
         self.ptycho_cost = state["ptycho_cost"]
         self.tomography.target = share_of(self.comm, state["projections"], self.retrieval.lit)
         if self.tomography.target is not None:
@@ -101,8 +106,10 @@ class Admm:
     """ADMM-GD: psi = exp(i R' u) split off, coupled by the multiplier ``lam`` and the penalty ``rho``."""
 
     def __init__(self, objective, solver: TomographySolver, rho: float, rho_update: str, ptycho_iterations: int,
-                 tomo_iterations: int, ptycho_step: float = 1.0, comm: Comm = SOLO):
+                 tomo_iterations: int, ptycho_step: float = 1.0, comm: Comm = SOLO, groups=()):
         self.comm = comm
+        self.groups = list(groups)  # refined during the ptychography steps (probe, positions)
+        self.sweeps = 0
         self.model = objective.model
         self.retrieval = PtychographyRetrieval(objective)
         self.tomography = TomographyObjective(objective.model, self.retrieval.lit, objective.reduce)
@@ -130,7 +137,8 @@ class Admm:
         # 1. ptychography: proximal steps towards h - lam / rho
         target = st["h"] - lam / rho
         for _ in range(self.ptycho_iterations):
-            cost = self.retrieval.sweep(psi, target, rho, self.ptycho_step)
+            self.sweeps += 1
+            cost = self.retrieval.sweep(psi, target, rho, self.ptycho_step, groups=self.groups, index=self.sweeps)
         # 2. tomography: fit R' u to -i log(psi + lam / rho), unwrapped relative to the current
         # projections so that the phase of a thick sample never has to be unwrapped from scratch
         current = torch.cat([self.tomography.project(u, b) for b in range(len(self.model.batches))])
@@ -159,11 +167,17 @@ class Admm:
     def state_dict(self) -> dict:
         state = {k: gather_angles(self.comm, self.model.crop(v)) if k in self.PER_ANGLE else v
                  for k, v in self.state.items()}
-        return {**state, "inner": self.inner.state_dict()}
+        return {**state, "inner": self.inner.state_dict(), "sweeps": self.sweeps,
+                "groups": {g.name: g.state_dict() for g in self.groups}}
 
     def load_state_dict(self, state: dict) -> None:
         state = dict(state)
         self.inner.load_state_dict(state.pop("inner"))
+        self.sweeps = int(state.pop("sweeps"))
+        for group in self.groups:
+            group.load_state_dict(state["groups"][group.name])
+        state.pop("groups")
+        self.retrieval.refresh_illumination()
         like = self.state["psi"]
         self.state = {}
         for key, value in state.items():
@@ -171,3 +185,38 @@ class Admm:
                 free = self.PER_ANGLE[key]
                 value = self.model.pad(share_of(self.comm, value, like) - free) + free
             self.state[key] = value
+
+
+class Ptycho:
+    """2D ptychography of every angle on its own (``--method ptycho``): one sweep per iteration,
+    with the same refinement as Sequential; the result is the transmissions, not a volume."""
+
+    def __init__(self, objective, step: float = 1.0, comm: Comm = SOLO, groups=()):
+        self.comm = comm
+        self.retrieval = PtychographyRetrieval(objective)
+        self.groups = list(groups)
+        self.step_size = step
+        self.psi = self.retrieval.initial()
+        self.sweeps = 0
+        self.diagnostics: dict[str, float] = {}
+
+    def step(self, u: torch.Tensor):
+        self.sweeps += 1
+        cost = self.retrieval.sweep(self.psi, step=self.step_size, groups=self.groups, index=self.sweeps)
+        return u, cost
+
+    def transmissions(self) -> torch.Tensor:
+        """Every angle's transmission on the volume's projection box (A, Nz, Nu), all ranks' angles."""
+        return gather_angles(self.comm, self.retrieval.model.crop(self.psi))
+
+    def state_dict(self) -> dict:
+        return {"psi": self.transmissions(), "sweeps": self.sweeps,
+                "groups": {g.name: g.state_dict() for g in self.groups}}
+
+    def load_state_dict(self, state: dict) -> None:
+        for group in self.groups:
+            group.load_state_dict(state["groups"][group.name])
+        self.retrieval.refresh_illumination()
+        self.sweeps = int(state["sweeps"])
+        model = self.retrieval.model
+        self.psi = model.pad(share_of(self.comm, state["psi"], self.psi) - 1.0) + 1.0

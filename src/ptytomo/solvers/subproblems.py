@@ -51,40 +51,61 @@ class PtychographyRetrieval:
         model = objective.model
         self.model = model
         height, width = model.padded_shape
-        self.illumination = torch.zeros((model.n_angles, height, width), dtype=model.real_dtype, device=model.device)
+        self.refresh_illumination()
+        brightest = self.illumination.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
+        self.lit = model.crop(self.illumination > LIT_FRACTION * brightest)  # (A, Nz, Nu)
+        self.free_space = torch.ones((height, width), dtype=torch.bool, device=model.device)
+        model.crop(self.free_space).fill_(False)
+        self.loss_step = PTYCHO_STEP[objective.loss]
+
+    def refresh_illumination(self) -> None:
+        """Summed probe intensity of every angle (all modes) and the step's denominator; again
+        whenever the probe or the positions were refined."""
+        model = self.model
+        self.illumination = torch.zeros((model.n_angles, *model.padded_shape), dtype=model.real_dtype,
+                                        device=model.device)
         for b, batch in enumerate(model.batches):
             q = model.ptychography(b)
-            frames = (q.frame_probe.abs() ** 2).expand(*q.rows.shape[:2], q.rows.shape[-1], q.cols.shape[-1])
+            frames = (q.frame_probe.abs() ** 2).sum(dim=-3).expand(*q.rows.shape[:2], q.rows.shape[-1], q.cols.shape[-1])
             if q.weight is not None:
                 frames = frames * q.weight
             self.illumination[batch] = q.windows_adjoint(frames.to(model.complex_dtype)).real
         brightest = self.illumination.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
         self.denominator = (1 - ILLUMINATION_FLOOR) * self.illumination + ILLUMINATION_FLOOR * brightest
-        self.lit = model.crop(self.illumination > LIT_FRACTION * brightest)  # (A, Nz, Nu)
-        self.free_space = torch.ones((height, width), dtype=torch.bool, device=model.device)
-        model.crop(self.free_space).fill_(False)
-        self.loss_step = PTYCHO_STEP[objective.loss]
 
     def initial(self) -> torch.Tensor:
         """Empty beam everywhere: psi = 1."""
         model = self.model
         return torch.ones((model.n_angles, *model.padded_shape), dtype=model.complex_dtype, device=model.device)
 
-    def sweep(self, psi: torch.Tensor, target: torch.Tensor | None = None, rho: float = 0.0, step: float = 1.0) -> float:
-        """One preconditioned gradient step for every angle, in place; returns the data cost before it."""
+    def sweep(self, psi: torch.Tensor, target: torch.Tensor | None = None, rho: float = 0.0, step: float = 1.0,
+              groups=(), index: int = 0) -> float:
+        """One preconditioned gradient step for every angle, in place; returns the data cost before it.
+
+        ``groups`` (probe, positions: :mod:`ptytomo.model`) active at sweep ``index`` take their
+        gradients from the same residuals and step after the sweep."""
         objective, model = self.objective, self.model
+        active = [g for g in groups if g.active(index)]
+        objective.listeners = active
         total = torch.zeros((), dtype=torch.float64, device=model.device)
-        for b, batch in enumerate(model.batches):
-            q = model.ptychography(b)
-            field = q.forward(psi[batch])
-            cost, r = detector_residual(objective.loss, field, objective.amplitudes[batch], objective.batch_weight(batch))
-            total += cost.to(torch.float64)
-            grad = q.adjoint(r)
-            if rho:
-                grad += rho * (psi[batch] - target[batch])
-            # The loss's curvature scales the data term's diagonal only, not the proximal term's rho.
-            psi[batch] -= step * grad / (self.denominator[batch] / self.loss_step + rho)
+        try:
+            objective.begin_evaluation()
+            for b, batch in enumerate(model.batches):
+                result, cost = objective.residual(b, psi[batch])
+                total += cost.to(torch.float64)
+                grad = result.ptychography.adjoint_of_back_waves(result.back)
+                if rho:
+                    grad += rho * (psi[batch] - target[batch])
+                # The loss's curvature scales the data term's diagonal only, not the proximal term's rho.
+                psi[batch] -= step * grad / (self.denominator[batch] / self.loss_step + rho)
+            objective.end_evaluation(psi)
+        finally:
+            objective.listeners = []
         psi[:, self.free_space] = 1.0
+        if active:
+            for group in active:
+                group.update()
+            self.refresh_illumination()
         return float(objective.reduce(total))  # global, so every rank stops at the same sweep
 
     def projections(self, psi: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,116 @@
+"""Unknowns as parameter groups, and the stepper that updates any set of them.
+
+The volume is always refined, by one of the optimisers of
+:mod:`ptytomo.solvers.optimizers` (which run their own line searches).  Every
+other unknown -- probe modes, scan positions, later per-angle shifts -- is a
+:class:`ParameterGroup`: it listens to the detector residuals of the
+objective's evaluations (:class:`ptytomo.objective.BatchResidual`), chains
+them to its own variable, and takes a Gauss-Newton-preconditioned step when
+told to.  A group knows nothing of the others, so adding one touches none of
+them: subclass, implement ``accumulate`` and ``update``, list it in
+``GROUPS`` of :mod:`ptytomo.model`.
+
+The residuals a group uses are those of the volume step's accepted
+evaluation: L-BFGS's line search ends on the point it returns, so the
+refinement costs no evaluation of its own there (other optimisers get one).
+After the groups move, the volume optimiser is told that its objective
+changed, and re-evaluates once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class GroupOptions:
+    """When and how hard a group is refined; subclasses add their own knobs."""
+
+    enabled: bool = False
+    start: int = 1  # first iteration (or sweep) at which the group moves
+    every: int = 1  # move every N iterations from ``start`` on
+    step: float = 1.0  # fraction of the Gauss-Newton step
+
+
+class ParameterGroup:
+    """One refinable unknown of the forward model (not the volume)."""
+
+    name = ""
+
+    def __init__(self, model, options: GroupOptions):
+        self.model = model
+        self.options = options
+
+    def active(self, iteration: int) -> bool:
+        o = self.options
+        return o.enabled and iteration >= o.start and (iteration - o.start) % max(o.every, 1) == 0
+
+    # -- one evaluation: begin, accumulate per angle batch, finish (sum over ranks)
+    def begin(self) -> None:
+        raise NotImplementedError
+
+    def accumulate(self, residual) -> None:
+        raise NotImplementedError
+
+    def finish(self, reduce) -> None:
+        """``reduce`` sums a partial over ranks; groups shared by all angles need it."""
+
+    def update(self) -> None:
+        """Take one step from the latest evaluation's gradient and put the result into the model."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError
+
+
+class RefiningStepper:
+    """Steps the volume with ``volume_optimizer`` and every active group from the same residuals.
+
+    Has the optimisers' interface (``step``, ``state_dict``, ``load_state_dict``), so
+    :func:`ptytomo.solvers.iterate` runs it like any optimiser.
+    """
+
+    def __init__(self, objective, volume_optimizer, groups: list[ParameterGroup]):
+        self.objective = objective
+        self.volume = volume_optimizer
+        self.groups = [g for g in groups if g.options.enabled]
+        self.iteration = 0
+        self.diagnostics: dict[str, float] = {}
+
+    def step(self, u: torch.Tensor):
+        self.iteration += 1
+        active = [g for g in self.groups if g.active(self.iteration)]
+        self.objective.listeners = active
+        try:
+            u_next, cost = self.volume.step(u)
+        finally:
+            self.objective.listeners = []
+        if active:
+            if self.objective.last_point is not u_next:  # the last evaluation was elsewhere: one more
+                self.objective.listeners = active
+                try:
+                    self.objective.value_and_grad(u_next, need_grad=False)
+                finally:
+                    self.objective.listeners = []
+            for group in active:
+                group.update()
+            self.volume.objective_changed()
+        self.diagnostics = {}
+        for group in self.groups:
+            self.diagnostics.update(getattr(group, "diagnostics", {}))
+        return u_next, cost
+
+    def state_dict(self) -> dict:
+        return {"iteration": self.iteration, "volume": self.volume.state_dict(),
+                "groups": {g.name: g.state_dict() for g in self.groups}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.iteration = int(state["iteration"])
+        self.volume.load_state_dict(state["volume"])
+        for group in self.groups:
+            group.load_state_dict(state["groups"][group.name])
