@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from .operators import JointModel
 from .stream import amplitudes_of, frame_sums
 from .solvers import OPTIMIZERS, Regularised, iterate, load_checkpoint, make_optimizer
 from .solvers.baselines import Admm, Sequential
+from .solvers.heldout import finish_iterations
 from .solvers.subproblems import PTYCHO_STEP
 
 METHODS = ("joint", "sequential", "admm", "ptycho")
@@ -31,6 +32,7 @@ DEFAULT_ITERATIONS = {"joint": 100, "sequential": 100, "admm": 50, "ptycho": 300
 DEFAULT_PTYCHO_ITERATIONS = {"sequential": 300, "admm": 4}
 TOMOGRAPHY_SOLVERS = ("iterative", "fbp")
 RHO_UPDATES = ("fixed", "balance")
+TV_CHOICES = ("fixed", "auto")
 log = logging.getLogger("ptytomo")
 
 
@@ -56,6 +58,7 @@ class ReconstructOptions:
     tv_delta: float = 0.1
     tv_beta: float = 0.01
     tv_dose_scaling: bool = True
+    tv: str = "fixed"  # fixed: tv_delta, tv_beta; auto: chosen on held-out frames (solvers/heldout.py)
     alpha0: float = 0.01  # gd
     eps: float = 1e-6  # gd
     learning_rate: float = 1e-3  # adam
@@ -101,6 +104,11 @@ class ReconstructOptions:
             raise PtytomoError(f"--loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
         if self.tomography not in TOMOGRAPHY_SOLVERS:
             raise PtytomoError(f"--tomography {self.tomography!r}: choose one of {', '.join(TOMOGRAPHY_SOLVERS)}")
+        if self.tv not in TV_CHOICES:
+            raise PtytomoError(f"--tv {self.tv!r}: choose one of {', '.join(TV_CHOICES)}")
+        if self.tv == "auto" and self.method != "joint":
+            raise PtytomoError(f"--tv auto works with --method joint (for now); give --method {self.method} "
+                               "--tv-delta and --tv-beta, e.g. the weights a joint --tv auto run recorded")
         if self.rho_update not in RHO_UPDATES:
             raise PtytomoError(f"--rho-update {self.rho_update!r}: choose one of {', '.join(RHO_UPDATES)}")
         if self.method != "joint" and self.loss not in PTYCHO_STEP:
@@ -166,8 +174,12 @@ def assess(data: PtychoTomoData, counts: float, comm: Comm = SOLO) -> list[str]:
     notes = []
     valid = data.valid_or_all()
     nz, _, nx = data.geometry.volume_shape
-    overlap = linear_overlap(step_estimate(data.positions[0][valid[0]]), probe_diameter_estimate(data.probe))
-    if overlap < 0.3:
+    step, diameter = step_estimate(data.positions[0][valid[0]]), probe_diameter_estimate(data.probe)
+    overlap = linear_overlap(step, diameter)
+    if overlap <= 0:  # 1 - step/D is negative there: say what it means instead of a negative percentage
+        notes.append(f"no probe overlap (scan step {step:.3g} px >= probe diameter {diameter:.3g} px, 90 % power): "
+                     "expect artefacts between scan positions; 50-75 % overlap is typical")
+    elif overlap < 0.3:
         notes.append(f"low probe overlap (~{overlap:.0%}): expect artefacts between scan positions; 50-75 % is typical")
     n_angles = comm.total(data.n_angles)
     if n_angles < 0.5 * nx:
@@ -277,12 +289,17 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
     model = objective.model
     tv_beta = options.tv_beta * (beta_dose_factor(counts) if options.tv_dose_scaling else 1.0)
     iterations = options.iterations or (1 if options.tomography == "fbp" else DEFAULT_ITERATIONS[options.method])
-    stepper = make_stepper(objective, options, tv_beta, progress and comm.is_main, comm, groups)
+    heldout = held_out_weights(objective, data, options, tv_beta, iterations, comm) if options.tv == "auto" else None
+    tv_delta, tv_beta = (heldout.tv_delta, heldout.tv_beta) if heldout else (options.tv_delta, tv_beta)
+    stepper = make_stepper(objective, replace(options, tv_delta=tv_delta), tv_beta, progress and comm.is_main,
+                           comm, groups)
     to_u = objective.scaling.to_u
     truth = None
     if data.truth is not None:
         truth = torch.from_numpy(np.asarray(data.truth)).to(device=model.device, dtype=model.complex_dtype)
     u0 = torch.zeros(model.volume_shape, dtype=model.complex_dtype, device=model.device)
+    if heldout is not None and heldout.start is not None:  # finish on all frames from the chosen point
+        u0, iterations = heldout.start, finish_iterations(iterations)
     result = iterate(
         stepper, u0, iterations, to_u, truth=truth, tolerance=options.tolerance,
         checkpoint_path=options.checkpoint or None, checkpoint_every=options.checkpoint_every,
@@ -294,7 +311,7 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
     fit, fit_warning = final_fit(objective, stepper, result, data, options.loss, comm)
     if fit_warning and comm.is_main:
         log.warning(fit_warning)
-    warnings = warnings + ([fit_warning] if fit_warning else [])
+    warnings = warnings + ([fit_warning] if fit_warning else []) + ([heldout.note] if heldout and heldout.note else [])
     if hasattr(objective.amplitudes, "close"):  # a streamed data set: stop its read-ahead thread
         objective.amplitudes.close()
     volume = (result.u / to_u).cpu().numpy().astype(np.complex64)
@@ -302,8 +319,10 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
     parameters.update(
         iterations_limit=iterations, stopped_by=result.stopped_by, cost_scale=objective.scaling.cost, phase_per_unit_x=to_u,
         angle_batch=model.angle_batch, device=str(model.device), warnings=warnings or ["none"],
-        effective_tv_beta=tv_beta,
+        effective_tv_beta=tv_beta, effective_tv_delta=tv_delta,
     )
+    if heldout is not None:
+        parameters.update(heldout.record)
     parameters.update(ranks=comm.size, streamed=isinstance(data.intensities, LazyIntensities),
                       sent_bytes_per_rank=comm.sent_bytes)
     parameters.update(fit)
@@ -314,6 +333,22 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
     parameters.update(probe_notes=probe_notes or ["none"], probe_modes_used=int(model.probe.shape[0]))
     return Reconstruction(volume=volume, method=options.method, parameters=parameters, history=history,
                           geometry=data.geometry, **refined)
+
+
+def held_out_weights(objective: JointObjective, data: PtychoTomoData, options: ReconstructOptions, tv_beta: float,
+                     iterations: int, comm: Comm = SOLO):
+    """``--tv auto``: the weights of the lowest held-out misfit along a path scaled from the fixed ones."""
+    from .solvers.heldout import choose_weights
+
+    probe = (objective.model.probe * objective.probe_max).cpu().numpy()
+    choice = choose_weights(
+        objective, data, options.tv_delta, tv_beta,
+        dict(name=options.optimizer, alpha0=options.alpha0, eps=options.eps, learning_rate=options.learning_rate),
+        options.nonnegative, iterations, options.tolerance, seed=options.seed, comm=comm,
+        build_objective=lambda subset: build_objective(subset, replace(options, refine="none"), comm, probe=probe))
+    if choice.note and comm.is_main:
+        log.warning(choice.note)
+    return choice
 
 
 def final_fit(objective: JointObjective, stepper, result, data, loss: str, comm: Comm = SOLO):

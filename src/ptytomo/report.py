@@ -28,6 +28,7 @@ from .metrics import rmse
 
 SLICES_NAME = "slices.png"
 CONVERGENCE_NAME = "convergence.png"
+HELDOUT_NAME = "heldout.png"
 
 _QUANTITIES = (("delta", "real"), ("beta", "imag"))
 _CMAP = "gray"
@@ -72,6 +73,8 @@ def write_report(recon: Reconstruction, out_dir, truth: np.ndarray | None = None
         _save_atomically(_slices_figure(volume, truth, errors, title), out / SLICES_NAME),
         _save_atomically(_convergence_figure(recon.history, norms, title), out / CONVERGENCE_NAME),
     ]
+    if "heldout_heldout_misfit" in (recon.parameters or {}):  # a --tv auto run
+        paths.append(_save_atomically(heldout_figure(recon.parameters, title), out / HELDOUT_NAME))
     return paths
 
 
@@ -312,6 +315,34 @@ def _convergence_figure(history: dict, norms: dict | None, title: str) -> Figure
 # --------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------
+
+
+def heldout_figure(parameters: dict, title: str = "") -> Figure:
+    """``--tv auto``: the held-out misfit along the path of weights, one colour per weight pair,
+    with the chosen point marked."""
+    misfit = np.asarray(parameters["heldout_heldout_misfit"], dtype=np.float64).reshape(-1)
+    iteration = np.asarray(parameters["heldout_iteration"], dtype=np.float64).reshape(-1)
+    step = np.asarray(parameters["heldout_step"], dtype=np.float64).reshape(-1)
+    delta = np.asarray(parameters["heldout_tv_delta"], dtype=np.float64).reshape(-1)
+    beta = np.asarray(parameters["heldout_tv_beta"], dtype=np.float64).reshape(-1)
+    fig = Figure(figsize=(6.4, 4.0), dpi=_DPI)
+    ax = fig.add_subplot()
+    for s in np.unique(step):
+        at = step == s
+        first = np.flatnonzero(at)[0]
+        ax.plot(iteration[at], misfit[at], marker="o", markersize=3,
+                label=f"TV {delta[first]:.2g} / {beta[first]:.2g}")
+    chosen = float(np.asarray(parameters.get("heldout_chosen_iteration", -1)).reshape(-1)[0])
+    if np.any(iteration == chosen):
+        ax.plot([chosen], [misfit[iteration == chosen][0]], marker="*", markersize=14, color="black",
+                linestyle="none", label="chosen")
+    ax.set_xlabel("path iteration (training frames)")
+    ax.set_ylabel("held-out misfit per frame")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(title or "--tv auto: held-out misfit along the path (delta / beta weights)")
+    fig.tight_layout()
+    return fig
 
 
 def _save_atomically(fig: Figure, path: Path) -> Path:

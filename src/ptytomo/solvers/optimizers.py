@@ -99,6 +99,13 @@ class Lbfgs(Optimizer):
     Written out rather than wrapping torch.optim.LBFGS so that each call is one
     iteration with a checkpointable state and so the non-negativity projection
     is part of the search path; curvature pairs with s.y <= 0 are skipped.
+
+    Cost per iteration stays flat: a search that finds no decrease (near the
+    minimum, where float32 rounding hides the Armijo decrease) forgets the
+    curvature pairs and the next iteration tries the preconditioned gradient;
+    if that fails too the point is stationary and later iterations cost no
+    evaluation until the objective changes.  ``diagnostics["evaluations"]``
+    (a history column) counts each iteration's cost-and-gradient evaluations.
     """
 
     name = "lbfgs"
@@ -110,7 +117,8 @@ class Lbfgs(Optimizer):
         if precondition:
             model = problem.objective.model
             self.preconditioner = RampFilter(model.volume_shape, model.device, model.complex_dtype)
-        self.state = {"s": [], "y": [], "grad": None, "cost": None}
+        self.state = {"s": [], "y": [], "grad": None, "cost": None, "stationary": False}
+        self.diagnostics: dict[str, float] = {}
 
     def free_directions(self, u: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
         """Zero the components that push a variable held at its bound (0) further out,
@@ -124,7 +132,7 @@ class Lbfgs(Optimizer):
     def objective_changed(self):
         # Cost and gradient belong to the old problem; the curvature pairs stay valid
         # when only a least-squares target moved (the Hessian does not depend on it).
-        self.state.update(cost=None, grad=None)
+        self.state.update(cost=None, grad=None, stationary=False)
 
     def initial_inverse_hessian(self, v: torch.Tensor) -> torch.Tensor:
         return v if self.preconditioner is None else self.preconditioner(v)
@@ -149,25 +157,39 @@ class Lbfgs(Optimizer):
 
     def step(self, u):
         st = self.state
+        evaluations = 0
         if st["grad"] is None:
             st["cost"], st["grad"] = self.problem.value_and_grad(u)
+            evaluations += 1
         cost, grad = st["cost"], st["grad"]
+        if st.get("stationary"):  # no descent along the gradient either: nothing left to search
+            self.diagnostics = {"evaluations": evaluations}
+            return u, cost
         direction = self.free_directions(u, self.direction(grad))
         if _dot(grad, direction) >= 0:  # not a descent direction: forget the curvature
             st["s"], st["y"] = [], []
             direction = self.free_directions(u, self.direction(grad))
+        if not st["s"]:
+            direction = capped_first_step(direction)
         slope = _dot(grad, direction)
         t = 1.0
         for _ in range(MAX_LINE_SEARCH):
             candidate = self.problem.project(u + t * direction)
             new_cost, new_grad = self.problem.value_and_grad(candidate)
+            evaluations += 1
             if new_cost <= cost + 1e-4 * _dot(grad, candidate - u):
                 break
             # Minimum of the quadratic through cost(0), slope(0) and cost(t), kept in [t/10, t/2].
             t_quadratic = -slope * t * t / (2 * (new_cost - cost - slope * t))
             t = min(max(t_quadratic, 0.1 * t), 0.5 * t)
         else:
-            return u, cost  # no decrease along this direction: a stationary point
+            # No decrease: with curvature pairs, they may be stale (retry from the gradient next
+            # iteration); without, the point is stationary.  Either way the next search is not this one.
+            st["stationary"] = not st["s"]
+            st["s"], st["y"] = [], []
+            self.diagnostics = {"evaluations": evaluations}
+            return u, cost
+        self.diagnostics = {"evaluations": evaluations}
         s, y = candidate - u, new_grad - grad
         if _dot(s, y) > 1e-12 * _dot(s, s) ** 0.5 * _dot(y, y) ** 0.5:
             st["s"] = (st["s"] + [s])[-self.history_size :]
@@ -176,7 +198,19 @@ class Lbfgs(Optimizer):
         return candidate, new_cost
 
 
-MAX_LINE_SEARCH = 12
+MAX_LINE_SEARCH = 6  # evaluations; a quasi-Newton step cut below ~1e-3 means the direction is stale
+# Largest change of u (phase or attenuation per voxel, radians) in a step without curvature pairs.
+# The 1/L scale of that step comes from the Gauss-Newton operator at u = 0 without the loss's
+# weights; the Poisson likelihood of a band-limited (focused) probe has pixels where the model
+# intensity is ~0 and the gradient 1e5 times larger, so 1/L moved u by hundreds of radians and the
+# search never found a decrease (the run stopped with the empty volume).  The amplitude cost's
+# first steps are ~1e-4-1e-3 here, so the cap does not bind for it.
+FIRST_STEP_MAX = 1e-2
+
+
+def capped_first_step(direction: torch.Tensor) -> torch.Tensor:
+    largest = float(direction.abs().max()) if direction.numel() else 0.0
+    return direction * (FIRST_STEP_MAX / largest) if largest > FIRST_STEP_MAX else direction
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -52,14 +52,25 @@ class RunResult:
 
 
 class Plateau:
-    """The tolerance rule: the relative cost change stayed below ``tolerance`` for ``patience`` steps."""
+    """The tolerance rule: the cost change stayed below ``tolerance`` for ``patience`` steps, relative
+    to the cost *and* to the decrease so far, ``|c_prev - c| / min(|c|, |c_first - c|)``.
+
+    Relative to the cost alone, a cost with a large constant offset (a likelihood at low dose, a
+    misfit dominated by noise or model error) looks flat from the first iterations, while the volume
+    is still empty; the decrease so far is the scale of the progress still to come.  Taking the
+    smaller of the two never stops earlier than the cost-relative rule did.
+    """
 
     def __init__(self, tolerance: float, patience: int = 3):
         self.tolerance, self.patience, self.previous, self.quiet = tolerance, patience, None, 0
+        self.first = None
 
     def reached(self, cost: float) -> bool:
+        if self.first is None:
+            self.first = cost
         if self.tolerance and self.previous is not None:
-            change = abs(self.previous - cost) / max(abs(cost), 1e-30)
+            scale = min(abs(cost), abs(self.first - cost))
+            change = abs(self.previous - cost) / max(scale, 1e-30)
             self.quiet = self.quiet + 1 if change < self.tolerance else 0
         self.previous = cost
         return bool(self.tolerance) and self.quiet >= self.patience
@@ -236,7 +247,8 @@ def iterate(
     """Run ``optimizer`` from ``u0`` (or a resumed checkpoint) for up to ``iterations`` in all.
 
     ``to_physical`` maps the solver's unknown to delta + i beta (x = u / to_physical).
-    The tolerance stops when the relative cost change stays below it for 3 iterations.
+    The tolerance stops when the cost change, relative to the cost and to the decrease so far
+    (:class:`Plateau`), stays below it for 3 iterations.
     Of several ranks (which all see the same costs) only the ``main`` one shows
     progress and writes checkpoints; a checkpoint holds nothing rank-specific,
     so it resumes on any number of ranks.  ``identity`` (the data's fingerprint

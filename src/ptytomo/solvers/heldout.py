@@ -1,0 +1,248 @@
+"""TV weights chosen by the data: held-out frames and a warm-started path of weights (``--tv auto``).
+
+A few percent of the frames of every angle (seeded) are held out: they get a
+weight of zero in the training cost, and their misfit under the current
+volume, which they did not shape, measures how well the volume predicts data
+it has not seen.  Too much TV blurs the object (the held-out frames' far
+fields are missed); too little lets noise and model error into the volume,
+which predicts the next frame worse.  So the weights, and the iteration at
+which to stop, are those of the lowest held-out misfit along a path:
+
+1. delta and beta weights scaled together, from 3x the fixed defaults down
+   by a factor 3 per step, each step warm-started from the previous one's
+   end (large TV first: a smooth start the smaller weights refine);
+2. from the best point of (1), the beta weight alone, down and up by 3 and 9
+   (beta is the weak signal whose best weight differs most between data sets).
+
+The path stops early once the held-out misfit has been worse than the best
+for two weights in a row, and each weight stops at the tolerance or when
+its held-out misfit has stopped improving (``STALE_PATIENCE``).  The
+reconstruction then finishes on all the frames from the chosen point.  No
+truth is used.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from .optimizers import make_optimizer
+from .priors import Regularised
+from .run import Plateau
+
+HELDOUT_FRACTION = 0.05  # of each angle's frames
+# Below this many held-out frames the misfit depends more on which frames were drawn than on the
+# weights (the factor-3 steps of the path change the held-out misfit by a few percent); the run then
+# keeps the fixed weights and says so in one warning line.
+MIN_HELDOUT_FRAMES = 20
+PATH_FACTOR = 3.0
+JOINT_MULTIPLIERS = tuple(PATH_FACTOR**k for k in (1, 0, -1, -2, -3))  # x the fixed weights
+BETA_MULTIPLIERS = (1 / 3, 1 / 9, 3.0, 9.0)  # x the beta weight chosen in stage 1
+WORSE_WEIGHTS_PATIENCE = 2  # weights in a row worse than the best before a stage stops
+# A weight stops when its held-out misfit has not improved by 1 % of its decrease so far for
+# STALE_PATIENCE iterations (or at the tolerance on the training cost): the next weight then
+# tells more than further iterations at this one.
+HELDOUT_TOLERANCE = 1e-2
+STALE_PATIENCE = 3
+WARMUP = 2  # iterations at a new weight before its held-out misfit counts
+PATH_BUDGET = 2.0  # path iterations in all, as a multiple of the iteration limit (finish: the rest of 3x)
+
+
+@dataclass
+class HeldOutChoice:
+    """What the path chose: weights, the point to finish from, and the curve, for the output file."""
+
+    tv_delta: float
+    tv_beta: float
+    start: torch.Tensor | None  # the volume (solver's u) at the chosen point; None: start from zero
+    note: str | None = None  # why the fixed weights were kept (too few frames)
+    record: dict = field(default_factory=dict)  # lists: the held-out curve along the path
+
+
+def holdout_frames(valid: np.ndarray, fraction: float = HELDOUT_FRACTION, seed: int = 0) -> np.ndarray:
+    """Bool (A, J): round(fraction * valid frames) random frames of each angle, drawn from the
+    angle's own seeded stream (under torchrun: the rank's angle index)."""
+    held = np.zeros_like(valid, dtype=bool)
+    for a in range(valid.shape[0]):
+        candidates = np.flatnonzero(valid[a])
+        count = int(round(fraction * len(candidates)))
+        if count:
+            rng = np.random.default_rng([seed, a])
+            held[a, rng.choice(candidates, size=count, replace=False)] = True
+    return held
+
+
+def too_few_frames_note(held_count: int, frame_count: int) -> str | None:
+    if held_count >= MIN_HELDOUT_FRAMES:
+        return None
+    return (f"--tv auto: only {held_count} of {frame_count} frames held out ({HELDOUT_FRACTION:.0%} per angle; "
+            f"at least {MIN_HELDOUT_FRAMES} are needed to compare weights): keeping the fixed TV weights")
+
+
+def held_frames_only(data, held: np.ndarray):
+    """``data`` restricted to the held-out frames (padded per angle with invalid entries): scoring an
+    iterate then costs a forward pass over 5 % of the frames, not over all of them.  None when the
+    frames stay in the file (streamed): the caller then scores by masking the full objective."""
+    if not isinstance(data.intensities, np.ndarray):
+        return None
+    width = max(int(held.sum(axis=1).max()), 1)
+    index = np.zeros((data.n_angles, width), dtype=int)
+    valid = np.zeros((data.n_angles, width), dtype=bool)
+    for a in range(data.n_angles):
+        chosen = np.flatnonzero(held[a])
+        index[a, : len(chosen)], valid[a, : len(chosen)] = chosen, True
+    rows = np.arange(data.n_angles)[:, None]
+    return replace(data, intensities=data.intensities[rows, index], positions=data.positions[rows, index],
+                   valid=valid, truth_positions=None if data.truth_positions is None else data.truth_positions[rows, index])
+
+
+@contextmanager
+def frame_weights(objective, weight: torch.Tensor):
+    """Evaluate ``objective`` on the frames ``weight`` (A, J, 1, 1) selects, restoring its own after."""
+    kept = objective.valid_weight
+    objective.valid_weight = weight
+    try:
+        yield objective
+    finally:
+        objective.valid_weight = kept
+
+
+class HeldOutPath:
+    """Runs the two stages of the path on the training frames, scoring every iterate on the held-out ones."""
+
+    def __init__(self, objective, held: np.ndarray, optimizer_options: dict, nonnegative: bool,
+                 iterations_per_weight: int, budget: int, tolerance: float, comm=None, held_objective=None):
+        self.objective = objective
+        self.held_objective = held_objective  # the held-out frames alone; None: mask the full objective
+        model = objective.model
+        all_frames = torch.ones(held.shape, dtype=torch.bool) if model.valid is None else model.valid.cpu()
+        held_t = torch.as_tensor(held)
+        as_weight = lambda flags: flags.to(device=model.device, dtype=model.real_dtype)[..., None, None]
+        self.train_weight = as_weight(all_frames & ~held_t)
+        self.held_weight = as_weight(held_t)
+        self.held_count = comm.total(int(held.sum())) if comm is not None else int(held.sum())
+        self.optimizer_options = optimizer_options
+        self.nonnegative = nonnegative
+        self.iterations_per_weight = iterations_per_weight
+        self.budget = budget
+        self.tolerance = tolerance
+        self.curve = {"step": [], "iteration": [], "tv_delta": [], "tv_beta": [], "heldout_misfit": [],
+                      "train_cost": [], "scored": []}
+        self.best = (math.inf, None, None, -1)  # (misfit, weights, u, path iteration)
+        self.iterations_done = 0
+
+    def heldout_misfit(self, u: torch.Tensor) -> float:
+        """Mean raw data cost per held-out frame (probe-normalised units, comparable along the path)."""
+        if self.held_objective is not None:
+            scored = self.held_objective
+            raw = scored.value(u) / scored.scaling.cost
+        else:
+            with frame_weights(self.objective, self.held_weight):
+                raw = self.objective.value(u) / self.objective.scaling.cost
+        return raw / max(self.held_count, 1)
+
+    def run_weight(self, step: int, weights: tuple[float, float], u: torch.Tensor,
+                   optimizer) -> tuple[torch.Tensor, float]:
+        """Iterate one weight pair from ``u``; returns the end point and the weight's best held-out misfit.
+
+        ``optimizer`` is the stage's: only the TV weights change between its weights, so L-BFGS keeps
+        its curvature pairs (a warm start of the memory as well as of the volume).  The first
+        ``WARMUP`` iterates still mostly hold the previous weight's solution, so they do not score
+        for this weight: the run finishes at the chosen weight, which must be good at its own solution."""
+        optimizer.problem.tv_delta, optimizer.problem.tv_beta = weights
+        optimizer.objective_changed()
+        plateau, best_here, first_here, stale = Plateau(self.tolerance), math.inf, None, 0
+        for k in range(self.iterations_per_weight):
+            if self.iterations_done >= self.budget:
+                break
+            with frame_weights(self.objective, self.train_weight):
+                u, cost = optimizer.step(u)
+            self.iterations_done += 1
+            misfit = self.heldout_misfit(u)
+            self.log_point(step, weights, misfit, cost, scored=k + 1 >= WARMUP)
+            first_here = misfit if first_here is None else first_here
+            if k + 1 < WARMUP:
+                continue
+            # An improvement counts when it is a noticeable share of the weight's decrease so far.
+            if best_here - misfit > HELDOUT_TOLERANCE * max(first_here - misfit, 0.0):
+                stale = 0
+            else:
+                stale += 1
+            if misfit < best_here:
+                best_here = misfit
+                if misfit < self.best[0]:
+                    self.best = (misfit, weights, u.clone(), self.iterations_done)
+            if plateau.reached(cost) or stale >= STALE_PATIENCE:
+                break
+        return u, best_here
+
+    def log_point(self, step, weights, misfit, cost, scored: bool) -> None:
+        row = (step, self.iterations_done, weights[0], weights[1], misfit, cost, scored)
+        for key, value in zip(self.curve, row):
+            self.curve[key].append(float(value))
+
+    def run_stage(self, weight_pairs, u: torch.Tensor, first_step: int) -> int:
+        """One warm-started sequence of weight pairs; stops once it is past the best for a while."""
+        worse = 0
+        step = first_step
+        problem = Regularised(self.objective, 0.0, 0.0, self.nonnegative)
+        optimizer = make_optimizer(problem=problem, **self.optimizer_options)
+        for weights in weight_pairs:
+            if self.iterations_done >= self.budget:
+                break
+            best_before = self.best[0]
+            u, best_here = self.run_weight(step, weights, u, optimizer)
+            step += 1
+            worse = worse + 1 if best_here > best_before else 0
+            if worse >= WORSE_WEIGHTS_PATIENCE:
+                break
+        return step
+
+    def run(self, tv_delta: float, tv_beta: float, u0: torch.Tensor) -> HeldOutChoice:
+        step = self.run_stage([(tv_delta * s, tv_beta * s) for s in JOINT_MULTIPLIERS], u0, 0)
+        _, (delta_1, beta_1), u_1, _ = self.best
+        # Stage 2, beta alone: down from the stage-1 point first, then up (each branch warm from it).
+        step = self.run_stage([(delta_1, beta_1 * s) for s in BETA_MULTIPLIERS if s < 1], u_1.clone(), step)
+        self.run_stage([(delta_1, beta_1 * s) for s in BETA_MULTIPLIERS if s > 1], u_1.clone(), step)
+        misfit, (delta, beta), u_best, at = self.best
+        record = {f"heldout_{k}": v for k, v in self.curve.items()}
+        record.update(heldout_frames=self.held_count, heldout_chosen_iteration=at,
+                      heldout_path_iterations=self.iterations_done, heldout_best_misfit=misfit)
+        return HeldOutChoice(tv_delta=delta, tv_beta=beta, start=u_best, record=record)
+
+
+FINISH_FRACTION = 0.1  # of the iteration limit: the finish on all frames from the chosen point
+
+
+def finish_iterations(iterations: int) -> int:
+    """The finish only adds the held-out frames' information to a converged point: a short run."""
+    return max(5, math.ceil(FINISH_FRACTION * iterations))
+
+
+def choose_weights(objective, data, tv_delta: float, tv_beta: float, optimizer_options: dict,
+                   nonnegative: bool, iterations: int, tolerance: float, seed: int = 0, comm=None,
+                   build_objective=None) -> HeldOutChoice:
+    """The TV weights (and the volume to finish from) of the lowest held-out misfit; ``tv_delta`` and
+    ``tv_beta`` are the fixed weights the path is scaled from.  ``iterations`` is the run's limit:
+    the path takes at most ``PATH_BUDGET`` times it.  ``build_objective(data)`` makes the objective
+    of a subset of ``data`` (the held-out frames), with ``objective``'s loss and probe."""
+    valid = data.valid_or_all()
+    held = holdout_frames(valid, seed=seed)
+    total = lambda n: comm.total(n) if comm is not None else n
+    note = too_few_frames_note(total(int(held.sum())), total(int(valid.sum())))
+    if note:
+        return HeldOutChoice(tv_delta=tv_delta, tv_beta=tv_beta, start=None, note=note,
+                             record={"heldout_frames": total(int(held.sum()))})
+    per_weight = max(5, math.ceil(PATH_BUDGET * iterations / len(JOINT_MULTIPLIERS)))
+    held_data = held_frames_only(data, held) if build_objective is not None else None
+    held_objective = build_objective(held_data) if held_data is not None else None
+    path = HeldOutPath(objective, held, optimizer_options, nonnegative, per_weight,
+                       budget=int(PATH_BUDGET * iterations), tolerance=tolerance, comm=comm,
+                       held_objective=held_objective)
+    model = objective.model
+    u0 = torch.zeros(model.volume_shape, dtype=model.complex_dtype, device=model.device)
+    return path.run(tv_delta, tv_beta, u0)
