@@ -83,6 +83,9 @@ class ReconstructOptions:
     positions_start: int = 20  # first iteration (sweep) of position updates
     max_position_correction: float = 4.0  # pixels
     position_affine: bool = False  # constrain position corrections to one affine map of the scan
+    shifts_start: int = 20  # first joint iteration of per-angle shift updates (model/shifts.py)
+    max_shift: float = 10.0  # pixels per coordinate; also the model's padding for the shifted windows
+    coarse_align: str = "on"  # with --refine shifts: projection matching before the loop (solvers/alignment.py)
 
     def refined(self) -> list[str]:
         """The groups named by ``refine``, in their canonical order."""
@@ -135,7 +138,11 @@ class ReconstructOptions:
         if self.refined() and self.loss not in PTYCHO_STEP:
             raise PtytomoError(f"--refine {self.refine} takes Gauss-Newton steps for --loss "
                                f"{' or '.join(PTYCHO_STEP)}; use --refine none with --loss {self.loss}")
-        for name in ("probe_modes", "probe_start", "positions_start"):
+        if self.coarse_align not in ("on", "off"):
+            raise PtytomoError(f"--coarse-align {self.coarse_align!r}: choose on or off")
+        if not (math.isfinite(self.max_shift) and self.max_shift > 0):
+            raise PtytomoError(f"--max-shift must be a number > 0, got {self.max_shift}")
+        for name in ("probe_modes", "probe_start", "positions_start", "shifts_start"):
             if getattr(self, name) < 0:
                 raise PtytomoError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if not (math.isfinite(self.max_position_correction) and self.max_position_correction > 0):
@@ -210,6 +217,7 @@ def build_objective(data: PtychoTomoData, options: ReconstructOptions, comm: Com
     g = data.geometry
     refined = options.refined()
     margin = math.ceil(options.max_position_correction) + 1 if "positions" in refined else 0
+    margin += math.ceil(options.max_shift) + 1 if "shifts" in refined else 0  # shifted windows stay inside
     model = JointModel(
         g.volume_shape, g.voxel_size_m, g.energy_kev, data.angles, data.positions,
         data.probe if probe is None else probe, valid=data.valid, angle_batch=options.angle_batch or None,
@@ -223,7 +231,7 @@ def build_objective(data: PtychoTomoData, options: ReconstructOptions, comm: Com
 
 def make_groups(objective: JointObjective, options: ReconstructOptions, comm: Comm = SOLO) -> list:
     """The parameter groups ``options.refine`` names, on ``objective``'s model."""
-    from .model import PositionOptions, PositionsGroup, ProbeGroup, ProbeOptions
+    from .model import PositionOptions, PositionsGroup, ProbeGroup, ProbeOptions, ShiftOptions, ShiftsGroup
     from .solvers.baselines import gather_angles, share_of
 
     model, refined, groups = objective.model, options.refined(), []
@@ -235,7 +243,29 @@ def make_groups(objective: JointObjective, options: ReconstructOptions, comm: Co
                                            affine=options.position_affine)
         groups.append(PositionsGroup(model, position_options, gather=lambda t: gather_angles(comm, t),
                                      share=lambda t: share_of(comm, t, model.recorded_positions)))
+    if "shifts" in refined:
+        groups.append(ShiftsGroup(model, ShiftOptions(enabled=True, start=options.shifts_start,
+                                                      max_shift=options.max_shift),
+                                  gather=lambda t: gather_angles(comm, t),
+                                  share=lambda t: share_of(comm, t, model.recorded_positions)))
     return groups
+
+
+def align_before_loop(objective: JointObjective, groups: list, options: ReconstructOptions,
+                      comm: Comm = SOLO) -> None:
+    """Coarse projection matching (solvers/alignment.py) into the shifts group, when it is refined and
+    --coarse-align is on; a resumed joint run has its shifts in the checkpoint instead."""
+    from .solvers.alignment import AlignmentOptions, coarse_align
+    from .solvers.baselines import gather_angles, share_of
+
+    shifts = next((g for g in groups if g.name == "shifts"), None)
+    if shifts is None or options.coarse_align != "on" or (options.resume and options.method == "joint"):
+        return
+    model = objective.model
+    found = coarse_align(objective, AlignmentOptions(max_shift=options.max_shift),
+                         gather=lambda t: gather_angles(comm, t),
+                         share=lambda t: share_of(comm, t, model.recorded_positions), log=log.debug)
+    shifts.set(found)
 
 
 def make_stepper(objective: JointObjective, options: ReconstructOptions, tv_beta: float, progress: bool = True,
@@ -252,6 +282,8 @@ def make_stepper(objective: JointObjective, options: ReconstructOptions, tv_beta
         )
 
     ptycho_iterations = options.ptycho_iterations or DEFAULT_PTYCHO_ITERATIONS.get(options.method, 0)
+    if options.method != "joint":  # per-angle shifts are invisible to 2D ptychography: aligned beforehand
+        groups = [g for g in groups if not getattr(g, "needs_volume", False)]
     if options.method == "sequential":
         return Sequential(objective, optimizer_for, ptycho_iterations, options.tolerance,
                           direct=options.tomography == "fbp", step=options.ptycho_step, progress=progress, comm=comm,
@@ -286,6 +318,7 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
         log.warning(line)
     objective = build_objective(data, options, comm, probe=probe)
     groups = make_groups(objective, options, comm)
+    align_before_loop(objective, groups, options, comm)
     model = objective.model
     tv_beta = options.tv_beta * (beta_dose_factor(counts) if options.tv_dose_scaling else 1.0)
     iterations = options.iterations or (1 if options.tomography == "fbp" else DEFAULT_ITERATIONS[options.method])
@@ -330,6 +363,13 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
         parameters.update(volume_errors(volume, data.truth))
     history = {k: np.asarray(v, dtype=np.float64) for k, v in result.history.columns.items()}
     refined = refined_unknowns(objective, groups, stepper, comm)
+    if "angle_shifts" in refined:
+        from .model.shifts import shift_summary
+
+        summary, line = shift_summary(refined["angle_shifts"], comm.gather(data.angles))
+        parameters.update(summary)
+        if comm.is_main:
+            log.info(line)
     parameters.update(probe_notes=probe_notes or ["none"], probe_modes_used=int(model.probe.shape[0]))
     return Reconstruction(volume=volume, method=options.method, parameters=parameters, history=history,
                           geometry=data.geometry, **refined)
@@ -376,6 +416,8 @@ def refined_unknowns(objective: JointObjective, groups: list, stepper, comm: Com
     for group in groups:
         if group.name == "positions":
             out["positions"] = gather_angles(comm, group.refined_positions()).numpy()
+        if group.name == "shifts":
+            out["angle_shifts"] = gather_angles(comm, group.shifts).numpy()
     if isinstance(stepper, Ptycho):
         out["transmission"] = stepper.transmissions().numpy().astype(np.complex64)
     return out

@@ -3,9 +3,11 @@
 from .groups import GroupOptions, ParameterGroup, RefiningStepper
 from .positions import PositionOptions, PositionsGroup
 from .probe import ProbeGroup, ProbeOptions, initial_probe, orthogonal_modes
+from .shifts import ShiftOptions, ShiftsGroup
 
 # Every refinable unknown by its --refine name: (group class, options class).
-GROUPS = {"probe": (ProbeGroup, ProbeOptions), "positions": (PositionsGroup, PositionOptions)}
+GROUPS = {"probe": (ProbeGroup, ProbeOptions), "positions": (PositionsGroup, PositionOptions),
+          "shifts": (ShiftsGroup, ShiftOptions)}
 
 __all__ = ["GROUPS", "GroupOptions", "ParameterGroup", "PositionOptions", "PositionsGroup", "ProbeGroup",
-           "ProbeOptions", "RefiningStepper", "initial_probe", "orthogonal_modes"]
+           "ProbeOptions", "RefiningStepper", "ShiftOptions", "ShiftsGroup", "initial_probe", "orthogonal_modes"]

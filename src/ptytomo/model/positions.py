@@ -80,7 +80,7 @@ class PositionsGroup(ParameterGroup):
 
     def set(self, corrections: torch.Tensor) -> None:
         self.corrections = corrections
-        self.model.set_positions(self.model.recorded_positions + corrections)
+        self.model.set_offset(self.name, corrections)  # composes with the per-angle shifts
 
     def refined_positions(self) -> torch.Tensor:
         """The corrected window corners in the data file's coordinates (A, J, 2)."""

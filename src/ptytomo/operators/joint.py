@@ -83,6 +83,7 @@ class JointModel:
             # Invalid entries may hold any value; park them at the origin so they index safely.
             self.positions[~self.valid] = 0.0
         self.recorded_positions = self.positions.clone()  # padded coordinates; refinement offsets these
+        self.offsets: dict[str, torch.Tensor] = {}  # per refinement group, summed onto recorded_positions
 
         if angle_batch is None:
             budget = batch_bytes or DEFAULT_BATCH_BYTES.get(self.device.type, DEFAULT_BATCH_BYTES["cpu"])
@@ -107,6 +108,13 @@ class JointModel:
         inside the padded plane (``margin``); the operators are rebuilt on next use."""
         self.positions = positions.to(torch.float64).cpu()
         self._ptychography.clear()
+
+    def set_offset(self, name: str, offset: torch.Tensor) -> None:
+        """One refinement group's offset of the recorded positions, (A, J, 2) or (A, 1, 2).  The
+        window corners are the recorded ones plus every group's offset, so groups compose
+        (scan-position corrections and per-angle shifts) without knowing of each other."""
+        self.offsets[name] = offset.to(torch.float64).cpu()
+        self.set_positions(self.recorded_positions + sum(self.offsets.values()))
 
     def unpadded(self, positions: torch.Tensor) -> torch.Tensor:
         """Padded-plane corners back in the data file's coordinates."""

@@ -1,0 +1,169 @@
+"""Per-angle shifts (alignment, runout) as a parameter group: one offset of all windows of an angle.
+
+A rigid shift of the object at angle ``a`` is the same as one common offset of
+all of that angle's scan positions, so the model's window corners are
+``recorded[a, j] + shift[a] + correction[a, j]`` (the positions group owns
+the corrections and removes their per-angle mean, which is this group's part).
+
+Gradient: the sum over the angle's windows of the position gradient of
+:meth:`ptytomo.operators.ptycho.Ptychography.position_gradient` (exact for
+the model); step: the Gauss-Newton step with the sum of the windows' 2 x 2
+matrices ``2 J^T J`` (the shift moves all of them), damped slightly and
+clipped to ``max_step`` pixels per update.
+
+Gauge: the data cannot tell a shift pattern that a translation ``(Z, X, Y)`` of
+the whole volume explains: a constant ``Z`` in rows, and ``X cos(theta) + Y sin(theta)``
+in columns (FORMAT.md's detector coordinate of a point).  After every update
+that part, the least-squares fit over the angles, is removed.  A constant
+column offset (the rotation axis beside the detector's centre) is *not* a
+gauge: no translation of the volume makes it, so it is kept and reported.
+
+The gradient only reaches about a probe width; larger shifts come from the
+coarse projection matching of :mod:`ptytomo.solvers.alignment` before the loop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .groups import GroupOptions, ParameterGroup
+
+
+# Levenberg-Marquardt damping of each angle's 2 x 2 Gauss-Newton matrix, as a fraction of the median
+# curvature over the angles: an angle whose windows see little structure moves less.
+HESSIAN_DAMPING = 0.01
+
+
+@dataclass
+class ShiftOptions(GroupOptions):
+    start: int = 20  # the volume first needs structure to register against (earlier steps go astray)
+    step: float = 1.0  # of the Gauss-Newton step: 1.0 overshoots while the volume still changes (measured)
+    max_step: float = 1.0  # pixels per update: the gradient is only trusted within the probe's reach
+    max_shift: float = 10.0  # pixels, per coordinate (the model's padding leaves room for it)
+
+
+class ShiftsGroup(ParameterGroup):
+    name = "shifts"
+    needs_volume = True  # a rigid shift is invisible to per-angle 2D ptychography: joint method only
+
+    def __init__(self, model, options: ShiftOptions, gather=None, share=None):
+        """``gather``/``share`` move per-angle state between ranks (the gauge fit needs all angles)."""
+        super().__init__(model, options)
+        self.gather = gather or (lambda t: t)
+        self.share = share or (lambda t: t)
+        self.valid = (torch.ones(model.recorded_positions.shape[:2], dtype=torch.bool) if model.valid is None
+                      else model.valid.clone())
+        self.all_angles = self.gather(torch.from_numpy(np.asarray(model.angles, dtype=np.float64)))
+        self.shifts = torch.zeros((model.n_angles, 2), dtype=torch.float64)
+        self.grad = self.hessian = None
+        self.diagnostics: dict[str, float] = {}
+
+    def begin(self) -> None:
+        self.grad = torch.zeros_like(self.shifts)
+        self.hessian = torch.zeros((*self.shifts.shape, 2), dtype=torch.float64)
+
+    def accumulate(self, residual) -> None:
+        # A shift moves every window of the angle alike: its gradient and Gauss-Newton matrix are sums.
+        grad, hessian = residual.ptychography.position_gradient(residual.transmission, residual.back,
+                                                                residual.fields)
+        valid = self.valid[residual.angles].to(torch.float64)
+        self.grad[residual.angles] += torch.einsum("bj,bjk->bk", valid, grad.to(torch.float64).cpu())
+        self.hessian[residual.angles] += torch.einsum("bj,bjkl->bkl", valid, hessian.to(torch.float64).cpu())
+
+    def update(self) -> None:
+        o = self.options
+        curvature = torch.diagonal(self.hessian, dim1=-2, dim2=-1)
+        damping = max(HESSIAN_DAMPING * float(curvature.median()), 1e-30)
+        damped = self.hessian + damping * torch.eye(2, dtype=torch.float64)
+        step = -o.step * torch.linalg.solve(damped, self.grad.unsqueeze(-1)).squeeze(-1)
+        self.set(self.constrained(self.shifts + step.clamp(-o.max_step, o.max_step)))
+        self.diagnostics = {"angle_shift_rms": rms(self.shifts)}
+
+    def constrained(self, shifts: torch.Tensor) -> torch.Tensor:
+        """``shifts`` with the gauge removed (over all ranks' angles) and clipped to ``max_shift``."""
+        whole = remove_gauge(self.gather(shifts), self.all_angles)
+        return self.share(whole).clamp(-self.options.max_shift, self.options.max_shift)
+
+    def set(self, shifts: torch.Tensor) -> None:
+        """Put ``shifts`` (A, 2) pixels into the model: every valid window of angle a moves by shift[a]."""
+        self.shifts = shifts.to(torch.float64).cpu()
+        self.model.set_offset(self.name, self.shifts[:, None, :] * self.valid[..., None])
+
+    def state_dict(self) -> dict:
+        return {"shifts": self.gather(self.shifts)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.set(self.share(state["shifts"]).to(torch.float64).cpu())
+
+
+def gauge_fit(shifts: torch.Tensor, angles) -> tuple[torch.Tensor, float]:
+    """(the part of ``shifts`` (A, 2) a volume translation explains, the rotation-axis offset).
+
+    Rows: their mean (a translation along z).  Columns: the least-squares fit by
+    ``c + X cos(theta) + Y sin(theta)``; the ``X, Y`` part is the gauge, ``c`` (the same column
+    offset at every angle) the rotation axis's offset, which is fitted jointly so that angles
+    covering less than a full turn (where cos, sin and 1 are not orthogonal) split correctly.
+    """
+    shifts = shifts.to(torch.float64)
+    theta = torch.as_tensor(np.asarray(angles, dtype=np.float64))
+    basis = torch.stack([torch.ones_like(theta), torch.cos(theta), torch.sin(theta)], dim=1)
+    rank = int(torch.linalg.matrix_rank(basis))
+    gauge = torch.zeros_like(shifts)
+    gauge[:, 0] = shifts[:, 0].mean()
+    if rank < 3:  # one or two angles: only the mean is determined
+        return gauge, float(shifts[:, 1].mean())
+    coefficients = torch.linalg.lstsq(basis, shifts[:, 1:2]).solution[:, 0]
+    gauge[:, 1] = basis[:, 1:] @ coefficients[1:]
+    return gauge, float(coefficients[0])
+
+
+def gauge_translation(shifts: torch.Tensor, angles) -> tuple[float, float, float]:
+    """The volume translation (dz, dy, dx) voxels whose projections make the gauge part of ``shifts``.
+
+    A reconstruction whose shifts had this part removed holds the volume moved by minus it
+    (x_hat(P) = x(P + t)); comparing it with a truth needs the volume moved back by ``t``."""
+    shifts = shifts.to(torch.float64)
+    theta = torch.as_tensor(np.asarray(angles, dtype=np.float64))
+    basis = torch.stack([torch.ones_like(theta), torch.cos(theta), torch.sin(theta)], dim=1)
+    if int(torch.linalg.matrix_rank(basis)) < 3:
+        return float(shifts[:, 0].mean()), 0.0, 0.0
+    _, along_x, along_y = torch.linalg.lstsq(basis, shifts[:, 1:2]).solution[:, 0].tolist()
+    return float(shifts[:, 0].mean()), along_y, along_x
+
+
+def translate_volume(volume: np.ndarray, translation) -> np.ndarray:
+    """``volume`` moved by ``translation`` (dz, dy, dx) voxels, out(P) = in(P - t), by a Fourier phase
+    ramp (periodic: meant for volumes with free space around the object)."""
+    volume = np.asarray(volume)
+    spectrum = np.fft.fftn(volume)
+    for axis, (n, t) in enumerate(zip(volume.shape, translation)):
+        shape = [1, 1, 1]
+        shape[axis] = n
+        spectrum = spectrum * np.exp(-2j * np.pi * np.fft.fftfreq(n) * t).reshape(shape)
+    moved = np.fft.ifftn(spectrum)
+    return moved.astype(volume.dtype) if np.iscomplexobj(volume) else moved.real.astype(volume.dtype)
+
+
+def remove_gauge(shifts: torch.Tensor, angles) -> torch.Tensor:
+    """``shifts`` (A, 2) minus what a translation of the volume explains (:func:`gauge_fit`)."""
+    return shifts.to(torch.float64) - gauge_fit(shifts, angles)[0]
+
+
+def shift_summary(shifts, angles) -> tuple[dict, str]:
+    """Statistics of gauge-free shifts (A, 2) for the reconstruction's attributes, and one log line."""
+    shifts = torch.as_tensor(np.asarray(shifts, dtype=np.float64))
+    _, axis_offset = gauge_fit(shifts, angles)
+    record = {"angle_shift_rms_px": rms(shifts), "angle_shift_max_px": float(shifts.abs().max()) if shifts.numel() else 0.0,
+              "rotation_axis_offset_px": axis_offset}
+    line = (f"angle shifts (gauge removed): rms {record['angle_shift_rms_px']:.3g} px, max "
+            f"{record['angle_shift_max_px']:.3g} px, rotation-axis offset {axis_offset:+.3g} px (columns)")
+    return record, line
+
+
+def rms(values: torch.Tensor) -> float:
+    """Root mean square per coordinate (FORMAT.md's runout convention) of (..., 2) offsets."""
+    return math.sqrt(float(values.pow(2).mean())) if values.numel() else 0.0

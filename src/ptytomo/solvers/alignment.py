@@ -1,0 +1,163 @@
+"""Coarse per-angle alignment by projection matching, before the joint loop (or a baseline's tomography).
+
+The joint loop's shift gradient reaches about a probe width; runout of many
+pixels needs a capture range of many pixels.  So first:
+
+1. 2D ptychography of every angle with the recorded positions (a few dozen
+   sweeps of :class:`~ptytomo.solvers.subproblems.PtychographyRetrieval`), on
+   the whole padded plane (a shifted object leaves the volume's projection
+   box, so free space is not pinned there), and its projections (phase, unwrapped).
+2. Projection matching (Guizar-Sicairos et al., Opt. Express 19, 21345 (2011)
+   use the same loop): undo the current shifts on the measured projections,
+   reconstruct a quick volume from them (the Sequential tomography half: a few
+   L-BFGS steps, warm-started), reproject it, and cross-correlate each
+   measured projection with its reprojection over the lit region (FFT, sub-pixel
+   parabola through the peak); the peak's offset is the remaining shift.
+   Gauge removed, a few rounds, first on low-passed projections (the capture
+   range of a blurred image is larger, and the quick volume of badly aligned
+   data is blurred anyway), then at full resolution.
+
+The measured projection of angle ``a`` is ``true(r + s_a)`` in the recorded
+frame (the windows saw the object at recorded + s), so undoing the shift is a
+translation by ``+s_a``.  Shifts are bounded by ``max_shift`` (the model's padding).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..model.shifts import remove_gauge
+from .optimizers import make_optimizer
+from .priors import Regularised
+from .subproblems import LIT_FRACTION, PtychographyRetrieval, TomographyObjective, unwrap_phase
+
+
+@dataclass
+class AlignmentOptions:
+    sweeps: int = 40  # ptychography sweeps per angle (the projections need not be converged)
+    smoothing: tuple = (2.0, 0.0)  # Gaussian sigma (px) of each resolution level, coarse to fine
+    rounds: int = 4  # projection-matching rounds per level
+    tomo_iterations: int = 10  # L-BFGS steps of the quick volume per round (warm-started)
+    max_shift: float = 10.0  # pixels per coordinate
+
+
+def coarse_align(objective, options: AlignmentOptions, gather=None, share=None, log=None) -> torch.Tensor:
+    """Per-angle shifts (A, 2) pixels, gauge removed, of the data behind ``objective`` whose model
+    holds the recorded positions.  ``gather``/``share`` join ranks' angles for the gauge fit."""
+    gather = gather or (lambda t: t)
+    share = share or (lambda t: t)
+    model = objective.model
+    all_angles = gather(torch.as_tensor(model.angles, dtype=torch.float64))
+    measured, lit = measured_projections(objective, options.sweeps)
+    shifts = torch.zeros((model.n_angles, 2), dtype=torch.float64)
+    u = torch.zeros(model.volume_shape, dtype=model.complex_dtype, device=model.device)
+    for sigma in options.smoothing:
+        for _ in range(options.rounds):
+            aligned, aligned_lit = translate(measured, shifts), translate(lit, shifts) > 0.5
+            u = quick_volume(objective, aligned, aligned_lit, u, options.tomo_iterations)
+            reprojection = reproject(objective, u)
+            found = matching_offsets(low_pass(aligned.real, sigma), low_pass(reprojection, sigma), aligned_lit,
+                                     options.max_shift)
+            shifts = share(remove_gauge(gather(shifts + found), all_angles)).clamp(-options.max_shift,
+                                                                                    options.max_shift)
+            if log is not None:
+                log(f"coarse alignment (sigma {sigma:g} px): update rms {float(found.pow(2).mean().sqrt()):.3g} px")
+    return shifts
+
+
+def measured_projections(objective, sweeps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(projections xi = unwrapped phase + i attenuation, lit mask), both (A, H, W) on the padded plane,
+    from ``sweeps`` sweeps of per-angle ptychography with the model's positions."""
+    retrieval = PtychographyRetrieval(objective)
+    retrieval.free_space.fill_(False)  # the object may sit anywhere a shift put it
+    psi = retrieval.initial()
+    for _ in range(sweeps):
+        retrieval.sweep(psi)
+    brightest = retrieval.illumination.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
+    lit = retrieval.illumination > LIT_FRACTION * brightest
+    psi = torch.where(lit, psi, torch.ones_like(psi))  # unlit pixels carry nothing: free space
+    phase = unwrap_phase(torch.angle(psi))
+    attenuation = -torch.log(psi.abs().clamp_min(1e-6))
+    return torch.complex(phase, attenuation), lit.to(phase.dtype)
+
+
+def translate(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """``images`` (A, H, W) moved by ``shifts`` (A, 2) pixels (out(r) = in(r - shift)), by a Fourier
+    phase ramp: sub-pixel without interpolation; the padding is free space, so wrapping is harmless."""
+    height, width = images.shape[-2:]
+    real_dtype = images.real.dtype if images.is_complex() else images.dtype
+    fr = torch.fft.fftfreq(height, device=images.device, dtype=real_dtype)
+    fc = torch.fft.fftfreq(width, device=images.device, dtype=real_dtype)
+    s = shifts.to(device=images.device, dtype=real_dtype)
+    ramp = torch.exp(-2j * math.pi * (s[:, 0, None, None] * fr[None, :, None] + s[:, 1, None, None] * fc[None, None, :]))
+    moved = torch.fft.ifft2(torch.fft.fft2(images) * ramp)
+    return moved if images.is_complex() else moved.real
+
+
+def quick_volume(objective, projections: torch.Tensor, lit: torch.Tensor, u0: torch.Tensor,
+                 iterations: int) -> torch.Tensor:
+    """A few non-negative L-BFGS steps of the Sequential tomography half on the aligned projections."""
+    model = objective.model
+    tomography = TomographyObjective(model, model.crop(lit), objective.reduce)
+    tomography.target = model.crop(projections)
+    optimizer = make_optimizer("lbfgs", Regularised(tomography, 0.0, 0.0, nonnegative=True))
+    u = u0
+    for _ in range(iterations):
+        u, _ = optimizer.step(u)
+    return u
+
+
+def reproject(objective, u: torch.Tensor) -> torch.Tensor:
+    """Phase of the volume's projections (A, H, W) on the padded plane, real part of R' u."""
+    model = objective.model
+    scale = model.voxel_size_m
+    return torch.cat([model.pad(model.projector(b).forward(u).real / scale) for b in range(len(model.batches))])
+
+
+def low_pass(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of (A, H, W) with ``sigma`` pixels (0: unchanged), in Fourier space."""
+    if sigma <= 0:
+        return images
+    height, width = images.shape[-2:]
+    fr = torch.fft.fftfreq(height, device=images.device, dtype=images.dtype)
+    fc = torch.fft.fftfreq(width, device=images.device, dtype=images.dtype)
+    gain = torch.exp(-2 * (math.pi * sigma) ** 2 * (fr[:, None] ** 2 + fc[None, :] ** 2))
+    return torch.fft.ifft2(torch.fft.fft2(images) * gain).real
+
+
+def matching_offsets(measured: torch.Tensor, reference: torch.Tensor, lit: torch.Tensor,
+                     max_shift: float) -> torch.Tensor:
+    """Per image, the offset e (A, 2) with ``measured(r) ~ reference(r + e)`` over the lit region:
+    the peak of their FFT cross-correlation within ``max_shift``, refined by a parabola per axis."""
+    weight = lit.to(measured.dtype)
+    a, b = measured * weight, reference * weight
+    correlation = torch.fft.ifft2(torch.fft.fft2(b) * torch.fft.fft2(a).conj()).real  # C(e) = sum a(r) b(r + e)
+    height, width = correlation.shape[-2:]
+    er = torch.fft.fftfreq(height, 1 / height, device=measured.device, dtype=measured.dtype)
+    ec = torch.fft.fftfreq(width, 1 / width, device=measured.device, dtype=measured.dtype)
+    reach = max_shift + 1
+    outside = (er.abs()[:, None] > reach) | (ec.abs()[None, :] > reach)
+    correlation = correlation.masked_fill(outside, -math.inf)
+    flat = correlation.flatten(-2).argmax(dim=-1)
+    rows, cols = flat // width, flat % width
+    index = torch.arange(correlation.shape[0], device=measured.device)
+
+    def parabola(row_offset, col_offset):
+        return correlation[index, (rows + row_offset) % height, (cols + col_offset) % width]
+
+    centre = parabola(0, 0)
+    offsets = torch.stack([er[rows] + vertex(parabola(-1, 0), centre, parabola(1, 0)),
+                           ec[cols] + vertex(parabola(0, -1), centre, parabola(0, 1))], dim=-1)
+    return offsets.to(torch.float64).cpu()
+
+
+def vertex(left: torch.Tensor, centre: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """Sub-pixel offset of a parabola's peak through three samples at -1, 0, +1 (within half a pixel)."""
+    left = torch.where(torch.isfinite(left), left, centre)
+    right = torch.where(torch.isfinite(right), right, centre)
+    curvature = left - 2 * centre + right
+    offset = torch.where(curvature < 0, 0.5 * (left - right) / curvature.clamp_max(-1e-30), torch.zeros_like(centre))
+    return offset.clamp(-0.5, 0.5)
