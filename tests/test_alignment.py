@@ -148,3 +148,21 @@ def test_coarse_alignment_captures_large_runout(small_object):
     found = coarse_align(objective, AlignmentOptions())
     error = found.numpy() - remove_gauge(torch.from_numpy(data.truth_angle_shifts), data.angles).numpy()
     assert rms(error) < 1.0  # measured 0.21 px rms, worst angle 1.3 px
+
+
+def test_cli_writes_and_reports_angle_shifts(tmp_path, capsys):
+    from ptytomo.cli import main
+    from ptytomo.io import read_reconstruction, write_data
+
+    data = simulate(SimulationConfig(size=12, n_angles=8, detector_size=15, probe_diameter=7, step=3, runout=1,
+                                     device="cpu"), progress=False)
+    write_data(tmp_path / "data.h5", data)
+    out = tmp_path / "recon.h5"
+    assert main(["reconstruct", str(tmp_path / "data.h5"), "-o", str(out), "--refine", "shifts", "--iterations", "4",
+                 "--shifts-start", "2", "--max-shift", "4", "--coarse-align", "on", "--quiet", "--device", "cpu"]) == 0
+    assert "rotation-axis offset" in capsys.readouterr().out
+    recon = read_reconstruction(out)
+    assert recon.angle_shifts.shape == (8, 2) and float(np.abs(recon.angle_shifts).max()) <= 4
+    assert recon.parameters["max_shift"] == 4 and recon.parameters["coarse_align"] == "on"
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "angle_shifts.png").exists()

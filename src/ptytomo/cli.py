@@ -254,7 +254,7 @@ def _add_reconstruct(sub) -> None:
     p.add_argument("--rank-timeout", type=float, default=1800.0, metavar="SECONDS",
                    help="under torchrun: how long a rank waits for the others before the job fails")
     p.add_argument("--refine", default=d.refine,
-                   help="unknowns refined besides the volume: a comma list of probe, positions, or none "
+                   help="unknowns refined besides the volume: a comma list of probe, positions, shifts, or none "
                         "(default %(default)s)")
     p.add_argument("--probe-modes", type=int, default=d.probe_modes,
                    help="K incoherent probe modes (default: as many as the file's probe has)")
@@ -268,6 +268,13 @@ def _add_reconstruct(sub) -> None:
                    help="largest position correction in pixels (default %(default)g)")
     p.add_argument("--position-affine", action="store_true",
                    help="constrain position corrections to one affine map of the scan (scale, rotation, shear)")
+    p.add_argument("--shifts-start", type=int, default=d.shifts_start,
+                   help="--refine shifts: first joint iteration of per-angle shift updates (default %(default)s)")
+    p.add_argument("--max-shift", type=float, default=d.max_shift, metavar="PX",
+                   help="--refine shifts: largest per-angle shift per coordinate, pixels (default %(default)g)")
+    p.add_argument("--coarse-align", default=d.coarse_align, choices=("on", "off"),
+                   help="--refine shifts: projection matching before the loop or the baseline's tomography "
+                        "(default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_reconstruct)
 
@@ -321,6 +328,8 @@ def run_reconstruct(args) -> int:
         if comm.is_main:
             write_reconstruction(args.output, recon)
             print(f"wrote {args.output}: {summary_line(recon)}")
+            if "angle_shift_summary" in recon.parameters:
+                print(recon.parameters["angle_shift_summary"])
         comm.close()
     return 0
 

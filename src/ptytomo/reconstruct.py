@@ -367,7 +367,7 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
         from .model.shifts import shift_summary
 
         summary, line = shift_summary(refined["angle_shifts"], comm.gather(data.angles))
-        parameters.update(summary)
+        parameters.update(summary, angle_shift_summary=line)
         if comm.is_main:
             log.info(line)
     parameters.update(probe_notes=probe_notes or ["none"], probe_modes_used=int(model.probe.shape[0]))

@@ -29,6 +29,7 @@ from .metrics import rmse
 SLICES_NAME = "slices.png"
 CONVERGENCE_NAME = "convergence.png"
 HELDOUT_NAME = "heldout.png"
+SHIFTS_NAME = "angle_shifts.png"
 
 _QUANTITIES = (("delta", "real"), ("beta", "imag"))
 _CMAP = "gray"
@@ -75,6 +76,9 @@ def write_report(recon: Reconstruction, out_dir, truth: np.ndarray | None = None
     ]
     if "heldout_heldout_misfit" in (recon.parameters or {}):  # a --tv auto run
         paths.append(_save_atomically(heldout_figure(recon.parameters, title), out / HELDOUT_NAME))
+    if recon.angle_shifts is not None:  # a --refine shifts run
+        paths.append(_save_atomically(shifts_figure(recon.angle_shifts, recon.parameters or {}, title),
+                                      out / SHIFTS_NAME))
     return paths
 
 
@@ -341,6 +345,28 @@ def heldout_figure(parameters: dict, title: str = "") -> Figure:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     ax.set_title(title or "--tv auto: held-out misfit along the path (delta / beta weights)")
+    fig.tight_layout()
+    return fig
+
+
+def shifts_figure(shifts: np.ndarray, parameters: dict, title: str = "") -> Figure:
+    """``--refine shifts``: the per-angle shifts (rows, columns; gauge removed) against the angle index,
+    with the rotation-axis offset (the columns' constant) as a dashed line."""
+    shifts = np.asarray(shifts, dtype=np.float64).reshape(-1, 2)
+    index = np.arange(shifts.shape[0])
+    fig = Figure(figsize=(6.4, 3.6), dpi=_DPI)
+    ax = fig.add_subplot()
+    ax.plot(index, shifts[:, 0], marker=".", label="rows (z)")
+    ax.plot(index, shifts[:, 1], marker=".", label="columns (u)")
+    axis = parameters.get("rotation_axis_offset_px")
+    if axis is not None:
+        ax.axhline(float(np.asarray(axis).reshape(-1)[0]), color="gray", linestyle="--", label="rotation-axis offset")
+    ax.set_xlabel("angle index")
+    ax.set_ylabel("shift (pixels)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "per-angle shifts (gauge removed)")
     fig.tight_layout()
     return fig
 
