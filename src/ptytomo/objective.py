@@ -27,13 +27,14 @@ LOSSES = ("amplitude", "intensity", "poisson")
 TARGET_LIPSCHITZ = 100.0
 
 
-def detector_residual(loss: str, field: torch.Tensor, measured: torch.Tensor, weight):
+def detector_residual(loss: str, field: torch.Tensor, measured: torch.Tensor, weight, per_frame: bool = False):
     """(cost, r) with d cost = 2 Re <r, d field>; ``measured`` is amplitude (sqrt of counts).
 
     The bracket of METHOD.md eq. 5 and its variants for the other losses.  A
     ``field`` with one more axis than ``measured`` (B, J, K, M, M) holds K
     incoherent modes: the model intensity is the sum of theirs, and every
-    mode's residual is its field times the same real factor.
+    mode's residual is its field times the same real factor.  ``per_frame``: the cost of
+    every frame (B, J) instead of their sum.
     """
     modal = field.dim() == measured.dim() + 1
     parts = torch.view_as_real(field)
@@ -60,6 +61,8 @@ def detector_residual(loss: str, field: torch.Tensor, measured: torch.Tensor, we
     if weight is not None:
         cost_map = cost_map * weight
         factor = factor * weight
+    if per_frame:
+        return cost_map.sum(dim=(-2, -1)), None
     if modal:
         factor = factor.unsqueeze(2)
     r = torch.view_as_complex(parts * factor.unsqueeze(-1))
@@ -92,6 +95,10 @@ class BatchResidual:
     ptychography: object  # the batch's Ptychography operator
     transmission: torch.Tensor  # padded O (B, H, W)
     back: torch.Tensor
+    fields: torch.Tensor  # the forward far fields (B, J, [K,] M, M)
+    measured: torch.Tensor  # the batch's measured amplitudes (probe-normalised)
+    weight: torch.Tensor | None  # detector mask x valid flags
+    loss: str
 
 
 def with_mode_axis(weight, field: torch.Tensor):
@@ -148,8 +155,10 @@ class JointObjective:
         the caller, the residual to every listening group (the one place data meet the model)."""
         batch = self.model.batches[b]
         q = self.model.ptychography(b)
-        cost, r = detector_residual(self.loss, q.forward(transmission), self.amplitudes[batch], self.batch_weight(batch))
-        result = BatchResidual(b, batch, q, transmission, q.back_waves(r))
+        fields = q.forward(transmission)
+        measured, weight = self.amplitudes[batch], self.batch_weight(batch)
+        cost, r = detector_residual(self.loss, fields, measured, weight)
+        result = BatchResidual(b, batch, q, transmission, q.back_waves(r), fields, measured, weight, self.loss)
         for listener in self.listeners:
             listener.accumulate(result)
         return result, cost

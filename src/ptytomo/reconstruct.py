@@ -76,7 +76,7 @@ class ReconstructOptions:
     resume: str = ""
     seed: int = 0
     # Refinement of the forward model's other unknowns (parameter groups, ptytomo.model):
-    refine: str = "probe"  # comma list of ptytomo.model.GROUPS (probe, positions), or "none"
+    refine: str = "none"  # comma list of ptytomo.model.GROUPS (probe, positions), or "none"
     probe_modes: int = 0  # K incoherent modes; 0: as many as the file's probe has
     probe_init: str = "file"  # file | mean-pattern | disc:D | gaussian:D
     probe_start: int = 3  # first iteration (sweep for sequential, admm, ptycho) of probe updates
@@ -216,7 +216,8 @@ def build_objective(data: PtychoTomoData, options: ReconstructOptions, comm: Com
     real_dtype, _ = resolve_precision(options.precision)
     g = data.geometry
     refined = options.refined()
-    margin = math.ceil(options.max_position_correction) + 1 if "positions" in refined else 0
+    # room for the corrections and the first update's search (PositionOptions.search_radius)
+    margin = math.ceil(options.max_position_correction) + 2 if "positions" in refined else 0
     margin += math.ceil(options.max_shift) + 1 if "shifts" in refined else 0  # shifted windows stay inside
     model = JointModel(
         g.volume_shape, g.voxel_size_m, g.energy_kev, data.angles, data.positions,

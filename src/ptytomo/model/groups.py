@@ -105,6 +105,11 @@ class RefiningStepper:
             self.diagnostics.update(getattr(group, "diagnostics", {}))
         return u_next, cost
 
+    @property
+    def may_stop(self) -> bool:
+        """The tolerance may end the run only once every group has started to move."""
+        return all(self.iteration >= g.options.start for g in self.groups)
+
     def state_dict(self) -> dict:
         return {"iteration": self.iteration, "volume": self.volume.state_dict(),
                 "groups": {g.name: g.state_dict() for g in self.groups}}

@@ -3,18 +3,29 @@
 Gradient: the window at ``n + f`` is modelled as ``P(u - f) O(u + n)`` (the
 probe carries the fraction by a Fourier phase ramp, :mod:`ptytomo.operators.ptycho`),
 so ``d cost / d f = 2 Re <back, -grad P(u - f) O(u + n)>`` exactly.  Step:
-per window, that gradient divided by the Gauss-Newton curvature of the exit
-wave along the object's gradient, ``2 sum |P dO/dr|^2`` (Odstrcil, Menzel &
-Guizar-Sicairos, Opt. Express 26, 3108 (2018)); the probe's own gradient
-would count the frame's rigid shift, which the intensities cannot see.
+per window (whose cost depends on its own position only), a Gauss-Newton
+step with the 2 x 2 matrix ``2 J^T J`` of the far-field modulus'
+sensitivity ``J = d|g| / d f``, damped (Levenberg-Marquardt) by a fraction
+of the median curvature so that windows over little structure stay put.
+
+Gauss-Newton steps converge to the nearest minimum; a window whose error is
+about the size of the object's features can sit in a false one.  So the first
+update is a search: every window's cost at a grid of offsets (spacing
+``search_step`` up to ``search_radius`` pixels) from the same transmission,
+the best one kept, before the Gauss-Newton steps refine it.
 
 Constraints after each step: the update is clipped to ``max_step`` pixels
 (a frame with a bad gradient cannot jump), the correction to
 ``max_correction`` pixels; optionally the corrections are replaced by their
 least-squares fit with one affine map of the recorded scan (scale, rotation,
-shear: encoder calibration errors); and each angle's mean correction is
-removed, because a common offset of an angle's windows is a rigid shift of
-that projection (alignment, not a position error).
+shear: encoder calibration errors); and the part of the corrections that
+only translates the volume is removed (the gauge: a constant row offset of
+all windows, and column offsets ``X cos(theta) + Y sin(theta)`` over the
+angles), so that the volume and the positions cannot trade it.  A common
+offset of one angle's windows is a rigid shift of that projection: it is
+kept here (a rotation-axis offset or runout is real), unless the per-angle
+shifts group owns it (``per_angle_mean=True``: then each angle's mean is
+removed instead).
 """
 
 from __future__ import annotations
@@ -27,19 +38,22 @@ import torch
 from .groups import GroupOptions, ParameterGroup
 
 
-# Levenberg-Marquardt damping of the per-window curvature, as a fraction of its median over
-# the windows: a window over little structure (free space, the sample's edge) carries little
-# position information and must not be moved by its noise.
-CURVATURE_DAMPING = 1.0
+# Levenberg-Marquardt damping of the per-window Gauss-Newton matrix, as a fraction of its median
+# curvature over the windows: a window over little structure (free space, the sample's edge)
+# carries little position information and must not be moved by its noise.
+CURVATURE_DAMPING = 0.1
 
 
 @dataclass
 class PositionOptions(GroupOptions):
     start: int = 20  # positions need an object with structure to register against
-    step: float = 0.5
+    step: float = 1.0
     max_step: float = 0.5  # pixels per update
     max_correction: float = 4.0  # pixels in all
     affine: bool = False  # constrain the corrections to one affine map of the scan
+    search_radius: float = 1.0  # pixels searched on the grid at the first update (0: no search)
+    search_step: float = 0.5
+    per_angle_mean: bool = False  # remove each angle's mean (when a per-angle shifts group owns it)
 
 
 class PositionsGroup(ParameterGroup):
@@ -53,28 +67,79 @@ class PositionsGroup(ParameterGroup):
                       else model.valid.clone())
         self.gather = gather or (lambda t: t)
         self.share = share or (lambda t: t)
-        self.grad = self.curvature = None
+        self.grad = self.hessian = None
+        self.searched = False
+        self.best_offset = None
+        self.reduce = lambda partial: partial
         self.diagnostics: dict[str, float] = {}
 
+    def finish(self, reduce) -> None:
+        self.reduce = reduce  # the gauge is a fit over all ranks' angles
+
     def begin(self) -> None:
+        self.best_offset = torch.zeros_like(self.corrections)
         self.grad = torch.zeros_like(self.corrections)
-        self.curvature = torch.zeros_like(self.corrections)
+        self.hessian = torch.zeros((*self.corrections.shape, 2), dtype=torch.float64)
 
     def accumulate(self, residual) -> None:
-        grad, curvature = residual.ptychography.position_gradient(residual.transmission, residual.back)
+        grad, hessian = residual.ptychography.position_gradient(residual.transmission, residual.back,
+                                                                residual.fields)
         self.grad[residual.angles] += grad.to(torch.float64).cpu()
-        self.curvature[residual.angles] += curvature.to(torch.float64).cpu()
+        self.hessian[residual.angles] += hessian.to(torch.float64).cpu()
+        if not self.searched and self.options.search_radius > 0:
+            self.best_offset[residual.angles] = self.search(residual)
 
+    def offsets(self) -> torch.Tensor:
+        """The search grid (N, 2), the zero offset first (ties keep the window where it is)."""
+        o = self.options
+        n = int(math.floor(o.search_radius / o.search_step))
+        axis = torch.arange(-n, n + 1, dtype=torch.float64) * o.search_step
+        grid = torch.cartesian_prod(axis, axis)
+        grid = grid[grid.norm(dim=1) <= o.search_radius + 1e-9]
+        return torch.cat([torch.zeros(1, 2, dtype=torch.float64), grid[grid.norm(dim=1) > 0]])
+
+    def search(self, residual) -> torch.Tensor:
+        """The offset (B, J, 2) of the grid at which each window of the batch fits best."""
+        from ..objective import detector_residual
+        from ..operators.ptycho import Ptychography
+
+        q = residual.ptychography
+        positions = self.model.positions[residual.angles]
+        valid = None if self.model.valid is None else self.model.valid[residual.angles]
+        best_cost = best = None
+        for offset in self.offsets():
+            trial = Ptychography(positions + offset, self.model.probe, self.model.padded_shape, valid, pruned=False)
+            fields = trial.forward(residual.transmission)
+            cost, _ = detector_residual(residual.loss, fields, residual.measured, residual.weight, per_frame=True)
+            cost = cost.to(torch.float64).cpu()
+            if best_cost is None:
+                best_cost, best = cost, torch.zeros((*cost.shape, 2), dtype=torch.float64)
+            else:
+                better = cost < best_cost
+                best_cost = torch.where(better, cost, best_cost)
+                best[better] = offset
+        del q
+        return best
     def update(self) -> None:
         o = self.options
-        lit = self.curvature[self.valid]
-        damping = CURVATURE_DAMPING * float(lit.median()) if lit.numel() else 0.0
-        step = -o.step * self.grad / (self.curvature + max(damping, 1e-30))
+        curvature = torch.diagonal(self.hessian, dim1=-2, dim2=-1)[self.valid]
+        damping = max(CURVATURE_DAMPING * float(curvature.median()) if curvature.numel() else 0.0, 1e-30)
+        damped = self.hessian + damping * torch.eye(2, dtype=torch.float64)
+        step = -o.step * torch.linalg.solve(damped, self.grad.unsqueeze(-1)).squeeze(-1)
         step = step.clamp(-o.max_step, o.max_step)
+        if not self.searched and o.search_radius > 0:
+            step = self.best_offset  # the grid's best fit; Gauss-Newton steps take over from here
+            self.searched = True
         corrections = self.corrections + torch.where(self.valid[..., None], step, 0.0)
         if o.affine:
             corrections = affine_fit(self.model.recorded_positions, corrections, self.valid)
-        corrections = remove_angle_means(corrections, self.valid).clamp(-o.max_correction, o.max_correction)
+        information = torch.diagonal(self.hessian, dim1=-2, dim2=-1).sum(-1)
+        if o.per_angle_mean:
+            corrections = remove_angle_means(corrections, self.valid, information)
+        else:
+            corrections = remove_translation_gauge(corrections, self.valid, self.model.angles, information,
+                                                   self.reduce)
+        corrections = corrections.clamp(-o.max_correction, o.max_correction)
         self.set(corrections)
         self.diagnostics = {"position_correction_rms": rms(corrections[self.valid])}
 
@@ -87,18 +152,48 @@ class PositionsGroup(ParameterGroup):
         return self.model.unpadded(self.model.positions)
 
     def state_dict(self) -> dict:
-        return {"corrections": self.gather(self.corrections)}
+        return {"corrections": self.gather(self.corrections), "searched": self.searched}
 
     def load_state_dict(self, state: dict) -> None:
+        self.searched = bool(state["searched"])
         self.set(self.share(state["corrections"]).to(torch.float64).cpu())
 
 
-def remove_angle_means(corrections: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Each angle's valid corrections minus their mean (the rigid part belongs to alignment)."""
-    weight = valid[..., None].to(corrections.dtype)
-    count = weight.sum(dim=1, keepdim=True).clamp_min(1)
-    mean = (corrections * weight).sum(dim=1, keepdim=True) / count
-    return (corrections - mean) * weight
+def remove_angle_means(corrections: torch.Tensor, valid: torch.Tensor, information=None) -> torch.Tensor:
+    """Each angle's valid corrections minus their mean (the rigid part belongs to alignment).
+
+    ``information`` (A, J) weights the mean: windows over structure measure the rigid part,
+    those over free space (whose corrections are unmeasured) must not drag it."""
+    weight = valid.to(corrections.dtype)
+    if information is not None:
+        weight = weight * information.to(corrections.dtype).clamp_min(0)
+        empty = weight.sum(dim=1, keepdim=True) <= 0
+        weight = torch.where(empty, valid.to(corrections.dtype), weight)
+    weight = weight[..., None]
+    mean = (corrections * weight).sum(dim=1, keepdim=True) / weight.sum(dim=1, keepdim=True).clamp_min(1e-30)
+    return (corrections - mean) * valid[..., None]
+
+
+def remove_translation_gauge(corrections: torch.Tensor, valid: torch.Tensor, angles, information=None,
+                             reduce=None) -> torch.Tensor:
+    """The corrections minus what a translation (X, Y, Z) of the volume would explain: the same row
+    offset Z at every window, and column offsets X cos(theta_a) + Y sin(theta_a) at angle a
+    (least squares, each window weighted by its information; sums over ranks by ``reduce``)."""
+    reduce = reduce or (lambda partial: partial)
+    weight = valid.to(corrections.dtype)
+    if information is not None:
+        weight = weight * information.to(corrections.dtype).clamp_min(0)
+    per_angle_weight = weight.sum(dim=1)  # (A,)
+    per_angle_sum = (corrections * weight[..., None]).sum(dim=1)  # (A, 2)
+    rows = reduce(per_angle_sum[:, 0].sum()) / reduce(per_angle_weight.sum()).clamp_min(1e-30)
+    theta = torch.as_tensor(angles, dtype=corrections.dtype)
+    basis = torch.stack([torch.cos(theta), torch.sin(theta)], dim=-1)  # (A, 2)
+    normal = reduce((basis * per_angle_weight[:, None]).T @ basis)
+    rhs = reduce(basis.T @ per_angle_sum[:, 1])
+    coefficients = torch.linalg.lstsq(normal, rhs[:, None]).solution[:, 0]
+    columns = basis @ coefficients  # (A,)
+    gauge = torch.stack([rows.expand_as(columns), columns], dim=-1)[:, None, :]
+    return (corrections - gauge) * valid[..., None]
 
 
 def affine_fit(recorded: torch.Tensor, corrections: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -194,23 +194,29 @@ class Ptychography:
         weighted = self._weighted(windows.abs() ** 2)
         return grad_frames.sum(dim=(0, 1)), weighted.sum(dim=(0, 1))
 
-    def position_gradient(self, transmission: torch.Tensor, back: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(grad, curvature), each (B, J, 2): d cost / d position (row, col) of every window, and the
-        Gauss-Newton curvature of the exit wave along the object's gradient, sum |P dO/dr|^2
-        (Odstrcil et al., Opt. Express 26, 3108 (2018)), which preconditions the step."""
+    def position_gradient(self, transmission: torch.Tensor, back: torch.Tensor,
+                          fields: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(grad (B, J, 2), hessian (B, J, 2, 2)): d cost / d position (row, col) of every window, and
+        the Gauss-Newton matrix of the amplitude cost, ``2 J^T J`` with ``J = d|far field| / d position``,
+        which preconditions the step (each window's cost depends on its own position only, so the
+        per-window 2 x 2 matrices are the whole Gauss-Newton Hessian).  ``fields`` are the forward
+        far fields of the same evaluation."""
         windows = self.windows(transmission)
         # The window at n + f is modelled as P(u - f) O(u + n): d/df = -grad P(u - f) O(u + n).
         spectrum = torch.fft.fft2(self.frame_probe)
         freq = torch.fft.fftfreq(self.m, device=windows.device, dtype=self.fraction.dtype).to(spectrum.dtype)
-        grads, curvatures = [], []
-        for axis, ramp in ((-2, freq[:, None]), (-1, freq[None, :])):
-            d_probe = -torch.fft.ifft2(spectrum * (2j * torch.pi * ramp))
-            d_wave = d_probe * windows[:, :, None]
+        if self.single_mode:
+            fields = fields[:, :, None]
+        modulus = torch.sqrt(torch.sum(fields.abs() ** 2, dim=2)).clamp_min(1e-20)  # (B, J, M, M)
+        grads, sensitivities = [], []
+        for ramp in (freq[:, None], freq[None, :]):
+            d_wave = self._weighted(-torch.fft.ifft2(spectrum * (2j * torch.pi * ramp)) * windows[:, :, None])
             grads.append(2 * torch.real(torch.sum(back.conj() * d_wave, dim=(2, 3, 4))))
-            d_object = torch.gradient(windows, dim=axis)[0]
-            curvatures.append(2 * torch.sum(torch.abs(self.frame_probe * d_object[:, :, None]) ** 2, dim=(2, 3, 4)))
+            d_field = self.transform(d_wave)
+            sensitivities.append(torch.sum(torch.real(fields.conj() * d_field), dim=2) / modulus)  # d|g|/df
         grad = torch.stack(grads, dim=-1)
-        curvature = torch.stack(curvatures, dim=-1)
-        if self.weight is not None:
-            grad = grad * self.weight[..., 0]
-        return grad, curvature
+        rows, cols = sensitivities
+        cross = torch.sum(rows * cols, dim=(-2, -1))
+        hessian = 2 * torch.stack([torch.stack([torch.sum(rows**2, dim=(-2, -1)), cross], dim=-1),
+                                   torch.stack([cross, torch.sum(cols**2, dim=(-2, -1))], dim=-1)], dim=-2)
+        return grad, hessian

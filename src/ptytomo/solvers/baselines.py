@@ -70,7 +70,7 @@ class Sequential:
                 cost = self.retrieval.sweep(psi, step=self.step_size, groups=self.groups, index=sweep)
                 bar.set_postfix(cost=f"{cost:.4g}")
                 bar.update()
-                if plateau.reached(cost):
+                if plateau.reached(cost) and all(sweep >= g.options.start for g in self.groups):
                     break
         self.ptycho_cost = cost
         self.tomography.target = self.retrieval.projections(psi)

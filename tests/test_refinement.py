@@ -1,0 +1,264 @@
+"""Parameter groups: probe-mode and position gradients against autograd, the modes' algebra,
+initial probes, and end-to-end refinement on data whose probe the file does not know."""
+
+import numpy as np
+import pytest
+import torch
+
+from ptytomo.cli import main
+from ptytomo.errors import PtytomoError
+from ptytomo.io import read_reconstruction, write_data
+from ptytomo.model import orthogonal_modes
+from ptytomo.model.probe import add_modes, parse_probe_init
+from ptytomo.model.positions import affine_fit, remove_angle_means, remove_translation_gauge
+from ptytomo.objective import detector_residual
+from ptytomo.operators.ptycho import Ptychography, far_field, shift_probe
+from ptytomo.reconstruct import ReconstructOptions, reconstruct
+from ptytomo.simulate import SimulationConfig, simulate
+
+B, J, M, K, H, W = 2, 3, 8, 2, 20, 20
+
+
+def _problem(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.rand(*shape, generator=generator, dtype=torch.float64)  # noqa: E731
+    transmission = torch.exp(1j * rand(B, H, W) - 0.3 * rand(B, H, W))
+    probe = torch.complex(torch.randn(K, M, M, generator=generator, dtype=torch.float64),
+                          torch.randn(K, M, M, generator=generator, dtype=torch.float64))
+    positions = rand(B, J, 2) * 8 + 2  # fractional: the probe carries the sub-pixel shift
+    amplitudes = rand(B, J, M, M) * 3
+    return transmission, probe, positions, amplitudes
+
+
+def _autograd_cost(loss, transmission, probe, positions, fraction, amplitudes):
+    """The same forward model written independently, differentiable in probe and fraction."""
+    corner = torch.round(positions).long()
+    frame_probe = shift_probe(probe, fraction.reshape(-1, 2)).reshape(B, J, K, M, M)
+    rows = corner[..., 0, None] + torch.arange(M)
+    cols = corner[..., 1, None] + torch.arange(M)
+    windows = transmission[torch.arange(B)[:, None, None, None], rows[..., :, None], cols[..., None, :]]
+    return detector_residual(loss, far_field(frame_probe * windows[:, :, None]), amplitudes, None)[0]
+
+
+@pytest.mark.parametrize("loss", ["amplitude", "poisson"])
+def test_probe_and_position_gradients_match_autograd(loss):
+    transmission, probe, positions, amplitudes = _problem()
+    q = Ptychography(positions, probe, (H, W), pruned=False)
+    _, r = detector_residual(loss, q.forward(transmission), amplitudes, None)
+    back = q.back_waves(r)
+    probe_grad, _ = q.probe_gradient(transmission, back)
+    position_grad, hessian = q.position_gradient(transmission, back, q.forward(transmission))
+    real = probe.real.clone().requires_grad_()
+    imag = probe.imag.clone().requires_grad_()
+    fraction = (positions - torch.round(positions)).clone().requires_grad_()
+    _autograd_cost(loss, transmission, torch.complex(real, imag), positions, fraction, amplitudes).backward()
+    # d cost = 2 Re <g, dP>: d/dRe = 2 Re g, d/dIm = 2 Im g
+    expected = torch.complex(real.grad, imag.grad)
+    assert float((expected - 2 * probe_grad).abs().max() / expected.abs().max()) < 1e-12
+    assert float((fraction.grad - position_grad).abs().max() / fraction.grad.abs().max()) < 1e-12
+    assert bool(torch.all(torch.linalg.eigvalsh(hessian) >= -1e-12))  # Gauss-Newton: positive semi-definite
+
+
+def test_position_gradient_matches_finite_differences():
+    transmission, probe, positions, amplitudes = _problem(seed=3)
+
+    def cost(p):
+        q = Ptychography(p, probe, (H, W), pruned=False)
+        return float(detector_residual("amplitude", q.forward(transmission), amplitudes, None)[0])
+
+    q = Ptychography(positions, probe, (H, W), pruned=False)
+    _, r = detector_residual("amplitude", q.forward(transmission), amplitudes, None)
+    grad, _ = q.position_gradient(transmission, q.back_waves(r), q.forward(transmission))
+    h = 1e-6
+    for index in [(0, 0, 0), (1, 2, 1), (0, 1, 1)]:
+        plus, minus = positions.clone(), positions.clone()
+        plus[index] += h
+        minus[index] -= h
+        assert (cost(plus) - cost(minus)) / (2 * h) == pytest.approx(float(grad[index]), rel=1e-6)
+
+
+def test_modal_operator_adds_mode_intensities_and_stays_adjoint():
+    transmission, probe, positions, _ = _problem(seed=5)
+    q = Ptychography(positions, probe, (H, W))
+    fields = q.forward(transmission)
+    assert fields.shape == (B, J, K, M, M)
+    for k in range(K):
+        single = Ptychography(positions, probe[k], (H, W)).forward(transmission)
+        torch.testing.assert_close(fields[:, :, k], single, rtol=1e-12, atol=1e-12)
+    y = torch.randn(fields.shape, dtype=torch.complex128, generator=torch.Generator().manual_seed(1))
+    left = torch.vdot(fields.flatten(), y.flatten())
+    right = torch.vdot(transmission.flatten(), q.adjoint(y).flatten())
+    assert abs(left - right) <= 1e-12 * abs(left)
+
+
+def test_orthogonal_modes_keep_total_intensity_and_sort_by_power():
+    _, probe, _, _ = _problem(seed=7)
+    modes = orthogonal_modes(torch.cat([probe, probe[:1] * 0.3 + probe[1:] * 0.1]))
+    gram = modes.reshape(3, -1) @ modes.reshape(3, -1).conj().T
+    off_diagonal = gram - torch.diag(torch.diagonal(gram))
+    assert float(off_diagonal.abs().max()) < 1e-9 * float(gram.abs().max())
+    powers = torch.diagonal(gram).real
+    assert bool(torch.all(powers[:-1] >= powers[1:]))
+    summed = lambda p: (p.abs() ** 2).sum(0)  # noqa: E731
+    original = torch.cat([probe, probe[:1] * 0.3 + probe[1:] * 0.1])
+    torch.testing.assert_close(summed(modes), summed(original), rtol=1e-9, atol=1e-9)
+    assert float(modes.reshape(3, -1).sum(1).imag.abs().max()) < 1e-9  # phase fixed: sums real
+
+
+def test_added_modes_carry_the_stated_power():
+    first = np.exp(-((np.arange(15) - 7.0) ** 2)[:, None] / 8 - ((np.arange(15) - 7.0) ** 2)[None, :] / 8)
+    modes = add_modes(first[None].astype(np.complex128), 3)
+    powers = np.sum(np.abs(modes) ** 2, axis=(1, 2))
+    assert modes.shape == (3, 15, 15)
+    assert powers[1] / powers[0] == pytest.approx(0.05, rel=0.05)
+
+
+def test_position_constraints():
+    generator = torch.Generator().manual_seed(2)
+    recorded = torch.rand(3, 10, 2, generator=generator, dtype=torch.float64) * 30
+    valid = torch.ones(3, 10, dtype=torch.bool)
+    valid[2, 7:] = False
+    corrections = torch.randn(3, 10, 2, generator=generator, dtype=torch.float64)
+    centred = remove_angle_means(corrections, valid)
+    assert float(centred[valid].reshape(-1, 2).abs().max()) > 0
+    for a in range(3):
+        assert float(centred[a][valid[a]].mean(0).abs().max()) < 1e-12
+    assert float(centred[~valid].abs().max()) == 0
+    information = torch.rand(3, 10, generator=generator, dtype=torch.float64)
+    weighted = remove_angle_means(corrections, valid, information)
+    for a in range(3):
+        w = (information[a] * valid[a])[:, None]
+        assert float((weighted[a] * w).sum(0).abs().max()) < 1e-12
+    # a translation of the volume is removed, a rotation-axis offset (constant column offset) kept
+    angles = torch.linspace(0, 2 * np.pi, 4, dtype=torch.float64)[:3]
+    translation = torch.zeros(3, 10, 2, dtype=torch.float64)
+    translation[..., 0] = 0.7
+    translation[..., 1] = (0.4 * torch.cos(angles) - 0.9 * torch.sin(angles))[:, None]
+    axis_offset = torch.zeros_like(translation)
+    axis_offset[..., 1] = 0.25
+    every = torch.ones_like(valid)  # equal weights at equally spaced angles: the offset is not a gauge
+    kept = remove_translation_gauge(translation + axis_offset, every, angles)
+    torch.testing.assert_close(kept, axis_offset, rtol=0, atol=1e-12)
+    # an exactly affine set of corrections is its own fit
+    matrix = torch.tensor([[0.01, 0.02], [-0.02, 0.015]], dtype=torch.float64)
+    mean = (recorded * valid[..., None]).sum(1, keepdim=True) / valid.sum(1)[:, None, None]
+    affine = ((recorded - mean) @ matrix + torch.tensor([0.3, -0.2], dtype=torch.float64)) * valid[..., None]
+    torch.testing.assert_close(affine_fit(recorded, affine, valid), affine, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("text", ["disc", "disc:0", "gaussian:x", "sphere:3", "mean-pattern:4"])
+def test_bad_probe_init_is_one_line(text):
+    with pytest.raises(PtytomoError, match="--probe-init"):
+        parse_probe_init(text)
+
+
+def test_unknown_refine_group_is_named():
+    with pytest.raises(PtytomoError, match="unknown 'shift'"):
+        ReconstructOptions(refine="probe,shift").check()
+
+
+@pytest.fixture(scope="module")
+def nominal_probe_data():
+    """Oversampled data made with a focused probe whose file carries a nominal flat disc."""
+    config = SimulationConfig(size=12, n_angles=16, detector_size=15, probe_diameter=7, step=3, oversample=2,
+                              probe="focused", file_probe="nominal", device="cpu")
+    return simulate(config, progress=False)
+
+
+def test_probe_refinement_fits_data_the_file_probe_cannot(nominal_probe_data):
+    fixed = reconstruct(nominal_probe_data, ReconstructOptions(refine="none", iterations=30, device="cpu"),
+                        progress=False)
+    refined = reconstruct(nominal_probe_data, ReconstructOptions(refine="probe", iterations=30, device="cpu"),
+                          progress=False)
+    # Measured: delta 6.4 -> 0.8, misfit/noise 1e4 -> 30 (12^3, 30 iterations).
+    assert refined.parameters["relative_rmse_delta"] < 0.25 * fixed.parameters["relative_rmse_delta"]
+    assert refined.parameters["misfit_to_noise"] < 0.05 * fixed.parameters["misfit_to_noise"]
+    assert fixed.parameters["misfit_to_noise"] > 10  # and that run said so
+    assert any("misfit" in w for w in fixed.parameters["warnings"])
+    assert refined.probe.shape == (1, 15, 15)
+
+
+def test_three_modes_fit_what_one_cannot():
+    config = SimulationConfig(size=12, n_angles=12, detector_size=15, probe_diameter=7, step=3, probe_modes=3,
+                              mode_power_ratio=0.5, device="cpu")
+    data = simulate(config, progress=False)
+    data.probe = data.probe[:1]  # the file knows only the main mode
+    misfits = {}
+    for k in (1, 3):
+        recon = reconstruct(data, ReconstructOptions(refine="probe", probe_modes=k, iterations=30, device="cpu"),
+                            progress=False)
+        misfits[k] = recon.parameters["final_misfit"]
+        assert recon.probe.shape[0] == k
+    assert misfits[3] < 0.75 * misfits[1]  # measured 0.61 (12^3, 30 iterations)
+
+
+@pytest.fixture(scope="module")
+def position_error_data():
+    """Noise-free data made 0.5 px (rms per coordinate) away from the file's raster positions."""
+    config = SimulationConfig(size=16, n_angles=30, detector_size=15, probe_diameter=7, step=3,
+                              position_errors=0.5, device="cpu", precision="float64")
+    return simulate(config, progress=False)
+
+
+def _position_errors(data, positions):
+    """Per-window distance to the truth, each angle's mean offset removed (that is alignment)."""
+    error = positions - data.truth_positions
+    error = error - error.mean(axis=1, keepdims=True)
+    return np.sqrt((error**2).sum(-1))
+
+
+def test_positions_are_found_against_the_true_volume(position_error_data):
+    """The positions group alone (search, then Gauss-Newton steps) against the true volume."""
+    from ptytomo.reconstruct import build_objective, make_groups
+
+    data = position_error_data
+    options = ReconstructOptions(refine="positions", precision="float64", device="cpu")
+    objective = build_objective(data, options)
+    (group,) = make_groups(objective, options)
+    u = objective.model.volume(data.truth) * objective.scaling.to_u
+    before = objective.value(u)
+    for _ in range(12):
+        objective.listeners = [group]
+        objective.value(u)
+        objective.listeners = []
+        group.update()
+    errors = _position_errors(data, group.refined_positions().numpy())
+    # Measured: median 0.03 px, 90 % of windows within 0.1 px (the rest lie mostly over free
+    # space, where a window's position is not measured), cost down 300x.
+    assert np.median(errors) < 0.05
+    assert np.mean(errors < 0.1) > 0.85
+    assert objective.value(u) < 0.01 * before
+
+
+def test_position_refinement_helps_sequential(position_error_data):
+    data = position_error_data
+    common = dict(method="sequential", ptycho_iterations=100, iterations=30, positions_start=20, tolerance=0,
+                  device="cpu")
+    fixed = reconstruct(data, ReconstructOptions(refine="none", **common), progress=False)
+    refined = reconstruct(data, ReconstructOptions(refine="positions", **common), progress=False)
+    errors = _position_errors(data, refined.positions)
+    assert np.median(errors) < 0.15  # from 0.59; measured 0.095
+    assert refined.parameters["relative_rmse_delta"] < 0.8 * fixed.parameters["relative_rmse_delta"]
+
+
+def test_method_ptycho_writes_transmissions(tmp_path):
+    config = SimulationConfig(size=12, n_angles=3, detector_size=15, probe_diameter=7, step=3, device="cpu")
+    data = simulate(config, progress=False)
+    path = tmp_path / "data.h5"
+    write_data(path, data)
+    out = tmp_path / "ptycho.h5"
+    assert main(["reconstruct", str(path), "-o", str(out), "--method", "ptycho", "--iterations", "60",
+                 "--refine", "none", "--quiet", "--device", "cpu"]) == 0
+    recon = read_reconstruction(out)
+    assert recon.transmission.shape == (3, 12, 12)
+    # the transmissions are the projections of the truth: exp(i k p)
+    phase = np.angle(recon.transmission)
+    from ptytomo.operators import JointModel
+
+    g = data.geometry
+    model = JointModel(g.volume_shape, g.voxel_size_m, g.energy_kev, data.angles, data.positions, data.probe,
+                       dtype=torch.float64)
+    expected = np.angle(torch.exp(1j * model.k * model.projector(0).forward(model.volume(data.truth))).numpy())
+    lit = slice(2, -2)
+    error = np.abs(np.angle(np.exp(1j * (phase - expected))))[:, lit, lit]
+    assert float(np.sqrt(np.mean(error**2))) < 0.1 * float(np.sqrt(np.mean(expected[:, lit, lit] ** 2)))
