@@ -303,7 +303,8 @@ def iterate(
                 bar.update()
                 if checkpoint_every and iteration % checkpoint_every == 0:
                     checkpoint(iteration)
-                if plateau.reached(cost):
+                # A stepper whose refinements have not all started yet (probe, positions) may not stop.
+                if plateau.reached(cost) and getattr(optimizer, "may_stop", True):
                     stopped_by = "tolerance"
                     break
                 if _anyone_asked_to_stop(stop.requested, comm):  # every rank agrees on the same iteration
