@@ -105,9 +105,11 @@ def test_holdout_frames_are_seeded_per_angle_and_skip_padding():
     assert not np.array_equal(held, holdout_frames(valid, fraction=0.05, seed=4))
 
 
-def test_tv_auto_is_refused_for_the_baselines_in_one_line():
-    with pytest.raises(PtytomoError, match="--tv auto works with --method joint"):
-        ReconstructOptions(method="sequential", tv="auto").check()
+def test_tv_auto_is_refused_where_there_is_no_tv_in_one_line():
+    with pytest.raises(PtytomoError, match="--method ptycho has no TV prior"):
+        ReconstructOptions(method="ptycho", tv="auto").check()
+    with pytest.raises(PtytomoError, match="--tomography fbp has no TV prior"):
+        ReconstructOptions(method="sequential", tomography="fbp", tv="auto").check()
     with pytest.raises(PtytomoError, match="--tv 'sometimes'"):
         ReconstructOptions(tv="sometimes").check()
 
@@ -161,6 +163,17 @@ def test_lbfgs_evaluations_per_iteration_stay_bounded_late_in_a_run():
         assert counts[-1] == optimizer.diagnostics["evaluations"]
     assert max(counts) <= MAX_LINE_SEARCH + 1
     assert np.mean(counts[60:]) <= 1.5
+
+
+def test_sequential_takes_the_weights_the_joint_path_chose():
+    data = simulate(SimulationConfig(**{**SMALL, "n_angles": 12}, photons=1e4, noise="poisson"))
+    options = dict(device="cpu", method="sequential", ptycho_iterations=20, iterations=20)
+    recon = reconstruct(data, ReconstructOptions(tv="auto", **options), progress=False)
+    p = recon.parameters
+    chosen = p["heldout_iteration"].index(p["heldout_chosen_iteration"])
+    assert (p["effective_tv_delta"], p["effective_tv_beta"]) == (p["heldout_tv_delta"][chosen],
+                                                                  p["heldout_tv_beta"][chosen])
+    assert np.isfinite(p["relative_rmse_delta"]) and p["iterations_limit"] == 20
 
 
 def test_evaluations_are_a_history_column():

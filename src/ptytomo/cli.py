@@ -224,7 +224,8 @@ def _add_reconstruct(sub) -> None:
     p.add_argument("--tv-beta", type=float, default=d.tv_beta, help="TV weight on beta (default %(default)g)")
     p.add_argument("--tv", default=d.tv, choices=("fixed", "auto"),
                    help="fixed: --tv-delta/--tv-beta; auto: weights chosen on 5 %% held-out frames along a path "
-                        "scaled from them (--method joint; ~2-3x the time; default %(default)s)")
+                        "scaled from them (joint path; sequential and admm then use its weights; ~2-3x the time; "
+                        "default %(default)s)")
     p.add_argument("--no-tv-dose-scaling", action="store_true",
                    help="keep --tv-beta fixed instead of growing it as sqrt(1e6 / photons per frame) at low dose")
     p.add_argument("--allow-negative", action="store_true", help="drop the non-negativity of delta and beta")

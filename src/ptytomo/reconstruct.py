@@ -109,9 +109,9 @@ class ReconstructOptions:
             raise PtytomoError(f"--tomography {self.tomography!r}: choose one of {', '.join(TOMOGRAPHY_SOLVERS)}")
         if self.tv not in TV_CHOICES:
             raise PtytomoError(f"--tv {self.tv!r}: choose one of {', '.join(TV_CHOICES)}")
-        if self.tv == "auto" and self.method != "joint":
-            raise PtytomoError(f"--tv auto works with --method joint (for now); give --method {self.method} "
-                               "--tv-delta and --tv-beta, e.g. the weights a joint --tv auto run recorded")
+        if self.tv == "auto" and (self.method == "ptycho" or self.tomography == "fbp"):
+            raise PtytomoError(f"--tv auto chooses TV weights; --method {self.method}"
+                               f"{' --tomography fbp' if self.tomography == 'fbp' else ''} has no TV prior")
         if self.rho_update not in RHO_UPDATES:
             raise PtytomoError(f"--rho-update {self.rho_update!r}: choose one of {', '.join(RHO_UPDATES)}")
         if self.method != "joint" and self.loss not in PTYCHO_STEP:
@@ -323,7 +323,9 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
     model = objective.model
     tv_beta = options.tv_beta * (beta_dose_factor(counts) if options.tv_dose_scaling else 1.0)
     iterations = options.iterations or (1 if options.tomography == "fbp" else DEFAULT_ITERATIONS[options.method])
-    heldout = held_out_weights(objective, data, options, tv_beta, iterations, comm) if options.tv == "auto" else None
+    # The path is the joint method's, budgeted by the joint iteration limit whichever method follows.
+    path_iterations = iterations if options.method == "joint" else DEFAULT_ITERATIONS["joint"]
+    heldout = held_out_weights(objective, data, options, tv_beta, path_iterations, comm) if options.tv == "auto" else None
     tv_delta, tv_beta = (heldout.tv_delta, heldout.tv_beta) if heldout else (options.tv_delta, tv_beta)
     stepper = make_stepper(objective, replace(options, tv_delta=tv_delta), tv_beta, progress and comm.is_main,
                            comm, groups)
@@ -332,7 +334,9 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
     if data.truth is not None:
         truth = torch.from_numpy(np.asarray(data.truth)).to(device=model.device, dtype=model.complex_dtype)
     u0 = torch.zeros(model.volume_shape, dtype=model.complex_dtype, device=model.device)
-    if heldout is not None and heldout.start is not None:  # finish on all frames from the chosen point
+    # The joint method finishes on all frames from the chosen point; a baseline runs as usual with the
+    # weights the joint path chose (its tomography half uses the same TV, meaning the same).
+    if heldout is not None and heldout.start is not None and options.method == "joint":
         u0, iterations = heldout.start, finish_iterations(iterations)
     result = iterate(
         stepper, u0, iterations, to_u, truth=truth, tolerance=options.tolerance,
