@@ -9,6 +9,7 @@ weights, iterations and seconds.
 
     python benchmarks/heldout.py                 # 16^3, 24 angles, 15 px detector: ~3 min on 1 core
     python benchmarks/heldout.py --no-grid       # defaults and auto only
+    python benchmarks/heldout.py --method sequential --steps 4 --no-grid   # a baseline with the joint path's weights
 """
 
 from __future__ import annotations
@@ -45,9 +46,10 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--no-grid", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--method", default="joint", choices=("joint", "sequential", "admm"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"{args.size}^3 woven wires, {args.angles} angles, {args.detector} px detector, oversample 2, joint lbfgs;"
+    print(f"{args.size}^3 woven wires, {args.angles} angles, {args.detector} px detector, oversample 2, {args.method} (lbfgs);"
           " rel. RMSE delta / beta; 'iterations' of auto = path + finish")
     print("| probe | step (overlap) | dose | fixed defaults | best fixed (grid) | auto | auto TV delta / beta "
           "| iterations fixed / auto | seconds fixed / auto |")
@@ -56,12 +58,12 @@ def main(argv=None) -> int:
         config = SimulationConfig(size=args.size, n_angles=args.angles, detector_size=args.detector, step=step,
                                   oversample=2, device="cpu", **probe_kw, **dose_kw)
         data = simulate(config, progress=False)
-        fixed = timed(data)
+        fixed = timed(data, method=args.method)
         best = "-"
         if not args.no_grid:
-            grid = [timed(data, tv_delta=0.1 * m, tv_beta=0.01 * m) for m in GRID]
+            grid = [timed(data, method=args.method, tv_delta=0.1 * m, tv_beta=0.01 * m) for m in GRID]
             best = f"{min(r['delta'] for r in grid):.3f} / {min(r['beta'] for r in grid):.3f}"
-        auto = timed(data, tv="auto")
+        auto = timed(data, method=args.method, tv="auto")
         overlap = data.simulation.get("overlap", float("nan"))
         print(f"| {probe} | {step} ({overlap:.0%}) | {dose} | {fixed['delta']:.3f} / {fixed['beta']:.3f} | {best} "
               f"| {auto['delta']:.3f} / {auto['beta']:.3f} | {auto['tv'][0]:.2g} / {auto['tv'][1]:.2g} "
