@@ -1,6 +1,9 @@
 """File input and output: one module per layout.
 
 - :mod:`.ptytomo_format`: ptytomo's own data and reconstruction files (FORMAT.md).
+- :mod:`.foreign`: one angle's scan from any foreign layout (``AngleScan``), units, HDF5 errors.
+- :mod:`.cxi`, :mod:`.nexus`, :mod:`.ptychodus`, :mod:`.mapping`: one foreign layout each.
+- :mod:`.series`: per-angle foreign inputs -> one FORMAT.md file, streamed (``ptytomo import``).
 
 Everything the rest of the package and users need is re-exported here, so
 ``from ptytomo.io import read_data`` keeps working whatever module holds it.
