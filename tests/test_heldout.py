@@ -60,11 +60,11 @@ def test_auto_lands_within_20_percent_of_the_best_fixed_weight(auto_runs, name):
     assert beta <= 1.2 * best_beta, (name, beta)
     p = auto_runs[name].parameters
     assert p["heldout_frames"] >= MIN_HELDOUT_FRAMES
-    assert len(p["heldout_heldout_misfit"]) == len(p["heldout_tv_delta"]) == p["heldout_path_iterations"]
+    assert len(p["heldout_misfit"]) == len(p["heldout_tv_delta"]) == p["heldout_path_iterations"]
     # No truth is used: the chosen point is the lowest scored held-out misfit of the path.
-    scored = [m for m, s in zip(p["heldout_heldout_misfit"], p["heldout_scored"]) if s]
+    scored = [m for m, s in zip(p["heldout_misfit"], p["heldout_scored"]) if s]
     chosen = p["heldout_iteration"].index(p["heldout_chosen_iteration"])
-    assert p["heldout_heldout_misfit"][chosen] == min(scored)
+    assert p["heldout_misfit"][chosen] == min(scored)
     assert (p["effective_tv_delta"], p["effective_tv_beta"]) == (p["heldout_tv_delta"][chosen],
                                                                   p["heldout_tv_beta"][chosen])
 
@@ -80,7 +80,7 @@ def test_heldout_record_survives_the_file_and_draws_a_figure(tmp_path):
     recon = reconstruct(data, ReconstructOptions(device="cpu", tv="auto", iterations=20), progress=False)
     write_reconstruction(tmp_path / "recon.h5", recon)
     back = read_reconstruction(tmp_path / "recon.h5")
-    assert np.allclose(back.parameters["heldout_heldout_misfit"], recon.parameters["heldout_heldout_misfit"])
+    assert np.allclose(back.parameters["heldout_misfit"], recon.parameters["heldout_misfit"])
     paths = write_report(back, tmp_path / "figures")
     assert (tmp_path / "figures" / HELDOUT_NAME) in paths and (tmp_path / "figures" / HELDOUT_NAME).stat().st_size
 

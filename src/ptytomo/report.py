@@ -74,7 +74,7 @@ def write_report(recon: Reconstruction, out_dir, truth: np.ndarray | None = None
         _save_atomically(_slices_figure(volume, truth, errors, title), out / SLICES_NAME),
         _save_atomically(_convergence_figure(recon.history, norms, title), out / CONVERGENCE_NAME),
     ]
-    if "heldout_heldout_misfit" in (recon.parameters or {}):  # a --tv auto run
+    if "heldout_misfit" in (recon.parameters or {}):  # a --tv auto run
         paths.append(_save_atomically(heldout_figure(recon.parameters, title), out / HELDOUT_NAME))
     if recon.angle_shifts is not None:  # a --refine shifts run
         paths.append(_save_atomically(shifts_figure(recon.angle_shifts, recon.parameters or {}, title),
@@ -324,7 +324,7 @@ def _convergence_figure(history: dict, norms: dict | None, title: str) -> Figure
 def heldout_figure(parameters: dict, title: str = "") -> Figure:
     """``--tv auto``: the held-out misfit along the path of weights, one colour per weight pair,
     with the chosen point marked."""
-    misfit = np.asarray(parameters["heldout_heldout_misfit"], dtype=np.float64).reshape(-1)
+    misfit = np.asarray(parameters["heldout_misfit"], dtype=np.float64).reshape(-1)
     iteration = np.asarray(parameters["heldout_iteration"], dtype=np.float64).reshape(-1)
     step = np.asarray(parameters["heldout_step"], dtype=np.float64).reshape(-1)
     delta = np.asarray(parameters["heldout_tv_delta"], dtype=np.float64).reshape(-1)

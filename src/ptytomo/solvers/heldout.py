@@ -130,7 +130,7 @@ class HeldOutPath:
         self.iterations_per_weight = iterations_per_weight
         self.budget = budget
         self.tolerance = tolerance
-        self.curve = {"step": [], "iteration": [], "tv_delta": [], "tv_beta": [], "heldout_misfit": [],
+        self.curve = {"step": [], "iteration": [], "tv_delta": [], "tv_beta": [], "misfit": [],
                       "train_cost": [], "scored": []}
         self.best = (math.inf, None, None, -1)  # (misfit, weights, u, path iteration)
         self.iterations_done = 0
