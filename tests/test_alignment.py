@@ -108,22 +108,25 @@ def test_options_are_checked():
 
 def test_runout_is_found_within_a_fifth_of_a_pixel(small_object):
     data = simulate(config(small_object, runout=3), progress=False)
-    recon = reconstruct(data, ReconstructOptions(iterations=40, tolerance=0, refine="shifts", device="cpu"),
+    recon = reconstruct(data, ReconstructOptions(iterations=30, tolerance=0, refine="shifts", device="cpu"),
                         progress=False)
     error = recon.angle_shifts - remove_gauge(torch.from_numpy(data.truth_angle_shifts), data.angles).numpy()
-    # Measured: 0.092 px rms (coarse step alone 0.2) for a true gauge-free rms of 2.2 px.
+    # Measured: 0.091 px rms for a true gauge-free rms of 2.2 px.  The coarse step alone reached 0.044:
+    # here the gradient steps lose accuracy, as the volume they register against is the truth moved
+    # by a sub-voxel gauge translation, which the grid cannot hold exactly (see the next test).
     assert rms(error) < 0.2
     assert recon.angle_shifts.shape == (24, 2)
     assert recon.parameters["angle_shift_rms_px"] == pytest.approx(rms(recon.angle_shifts))
-    # The volume comes out moved by the truth's gauge translation (-0.4, 1.8, -3.6 voxels here), a
-    # sub-voxel move the grid cannot hold exactly: moved back, its delta error was 0.43 against the
-    # aligned data's 0.32.  The next test measures the volume where the truth is in the gauge.
+    # The volume comes out moved by the truth's gauge translation (about (-0.4, 1.8, -3.6) voxels),
+    # a sub-voxel move the grid cannot hold exactly: moved back (model.shifts.translate_volume), its
+    # delta error was 0.43 against the aligned data's 0.32 (40 iterations, the object 10 voxels
+    # tall).  The next test measures the volume where the truth is in the reconstruction's gauge.
 
 
 def test_volume_with_runout_matches_aligned_data(small_object):
     """Runout without its gauge part (the data recorded at positions minus the shifts): the truth
     volume is then the one the reconstruction aims at, so volume errors compare directly."""
-    iterations = 40
+    iterations = 30
     data = simulate(config(small_object), progress=False)
     aligned = reconstruct(data, ReconstructOptions(iterations=iterations, tolerance=0, device="cpu"), progress=False)
     runout = simulate(config(small_object, runout=3), progress=False).truth_angle_shifts
@@ -133,9 +136,9 @@ def test_volume_with_runout_matches_aligned_data(small_object):
                             progress=False)
     recon = reconstruct(data, ReconstructOptions(iterations=iterations, tolerance=0, refine="shifts", device="cpu"),
                         progress=False)
-    assert rms(recon.angle_shifts - shifts) < 0.05  # measured 0.005 px
+    assert rms(recon.angle_shifts - shifts) < 0.05  # measured 0.007 px
     errors = [r.parameters["relative_rmse_delta"] for r in (aligned, unaligned, recon)]
-    assert errors[2] < 1.1 * errors[0]  # measured 0.291 against 0.293
+    assert errors[2] < 1.1 * errors[0]  # measured 0.340 against 0.341 (unaligned: 0.873)
     assert errors[1] > 2 * errors[0]  # and without alignment it is much worse
 
 
@@ -148,6 +151,19 @@ def test_coarse_alignment_captures_large_runout(small_object):
     found = coarse_align(objective, AlignmentOptions())
     error = found.numpy() - remove_gauge(torch.from_numpy(data.truth_angle_shifts), data.angles).numpy()
     assert rms(error) < 1.0  # measured 0.21 px rms, worst angle 1.3 px
+
+
+def test_coarse_alignment_captures_twenty_pixels_when_the_scan_follows(small_object):
+    """Gauge-free runout of 10 px rms, 20.6 px at its worst angle, recorded as positions minus the
+    shifts (the scan follows the object, so it never leaves the field): coarse step alone."""
+    data = simulate(config(small_object), progress=False)
+    raw = simulate(config(small_object, runout=14), progress=False).truth_angle_shifts
+    shifts = remove_gauge(torch.from_numpy(raw), data.angles).numpy()
+    assert np.abs(shifts).max() > 20
+    data.positions = data.positions - shifts[:, None, :]
+    objective = build_objective(data, ReconstructOptions(refine="shifts", max_shift=25, device="cpu"))
+    found = coarse_align(objective, AlignmentOptions(max_shift=25)).numpy()
+    assert rms(found - shifts) < 1.0  # measured 0.025 px rms, worst angle 0.06 px
 
 
 def test_cli_writes_and_reports_angle_shifts(tmp_path, capsys):
