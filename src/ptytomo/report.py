@@ -322,51 +322,37 @@ def _convergence_figure(history: dict, norms: dict | None, title: str) -> Figure
 
 
 def heldout_figure(parameters: dict, title: str = "") -> Figure:
-    """``--tv auto``: the held-out misfit along the path of weights, one colour per weight pair,
-    with the chosen point marked."""
-    misfit = np.asarray(parameters["heldout_misfit"], dtype=np.float64).reshape(-1)
-    iteration = np.asarray(parameters["heldout_iteration"], dtype=np.float64).reshape(-1)
-    step = np.asarray(parameters["heldout_step"], dtype=np.float64).reshape(-1)
-    delta = np.asarray(parameters["heldout_tv_delta"], dtype=np.float64).reshape(-1)
-    beta = np.asarray(parameters["heldout_tv_beta"], dtype=np.float64).reshape(-1)
-    fig = Figure(figsize=(6.4, 4.0), dpi=_DPI)
-    ax = fig.add_subplot()
-    for s in np.unique(step):
-        at = step == s
+    """``--tv auto``: the held-out misfit along the path of weights, one colour per weight pair, with
+    the chosen point marked (left), and each weight's best scored misfit above the chosen one (right:
+    the differences that decide are a fraction of a percent, invisible on the left)."""
+    curve = {k: np.asarray(parameters[f"heldout_{k}"], dtype=np.float64).reshape(-1)
+             for k in ("misfit", "iteration", "step", "tv_delta", "tv_beta", "scored")}
+    fig = Figure(figsize=(10.0, 4.0), dpi=_DPI)
+    path_ax, weights_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": (3, 2)})
+    labels, excess = [], []
+    best = np.min(curve["misfit"][curve["scored"] > 0]) if np.any(curve["scored"] > 0) else np.nan
+    for s in np.unique(curve["step"]):
+        at = curve["step"] == s
         first = np.flatnonzero(at)[0]
-        ax.plot(iteration[at], misfit[at], marker="o", markersize=3,
-                label=f"TV {delta[first]:.2g} / {beta[first]:.2g}")
+        label = f"{curve['tv_delta'][first]:.2g} / {curve['tv_beta'][first]:.2g}"
+        path_ax.plot(curve["iteration"][at], curve["misfit"][at], marker="o", markersize=3, label=label)
+        scored = curve["misfit"][at & (curve["scored"] > 0)]
+        labels.append(label)
+        excess.append(100 * (scored.min() / best - 1) if scored.size else np.nan)
     chosen = float(np.asarray(parameters.get("heldout_chosen_iteration", -1)).reshape(-1)[0])
-    if np.any(iteration == chosen):
-        ax.plot([chosen], [misfit[iteration == chosen][0]], marker="*", markersize=14, color="black",
-                linestyle="none", label="chosen")
-    ax.set_xlabel("path iteration (training frames)")
-    ax.set_ylabel("held-out misfit per frame")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    ax.set_title(title or "--tv auto: held-out misfit along the path (delta / beta weights)")
-    fig.tight_layout()
-    return fig
-
-
-def shifts_figure(shifts: np.ndarray, parameters: dict, title: str = "") -> Figure:
-    """``--refine shifts``: the per-angle shifts (rows, columns; gauge removed) against the angle index,
-    with the rotation-axis offset (the columns' constant) as a dashed line."""
-    shifts = np.asarray(shifts, dtype=np.float64).reshape(-1, 2)
-    index = np.arange(shifts.shape[0])
-    fig = Figure(figsize=(6.4, 3.6), dpi=_DPI)
-    ax = fig.add_subplot()
-    ax.plot(index, shifts[:, 0], marker=".", label="rows (z)")
-    ax.plot(index, shifts[:, 1], marker=".", label="columns (u)")
-    axis = parameters.get("rotation_axis_offset_px")
-    if axis is not None:
-        ax.axhline(float(np.asarray(axis).reshape(-1)[0]), color="gray", linestyle="--", label="rotation-axis offset")
-    ax.set_xlabel("angle index")
-    ax.set_ylabel("shift (pixels)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title or "per-angle shifts (gauge removed)")
+    if np.any(curve["iteration"] == chosen):
+        path_ax.plot([chosen], [curve["misfit"][curve["iteration"] == chosen][0]], marker="*", markersize=14,
+                     color="black", linestyle="none", label="chosen")
+    path_ax.set_xlabel("path iteration (training frames)")
+    path_ax.set_ylabel("held-out misfit per frame")
+    path_ax.grid(True, alpha=0.3)
+    path_ax.legend(fontsize=7, ncol=2, title="TV delta / beta", title_fontsize=7)
+    weights_ax.barh(np.arange(len(labels)), excess, color="tab:gray")
+    weights_ax.set_yticks(np.arange(len(labels)), labels, fontsize=7)
+    weights_ax.invert_yaxis()  # path order, top to bottom
+    weights_ax.set_xlabel("best held-out misfit above the chosen (%)")
+    weights_ax.grid(True, axis="x", alpha=0.3)
+    fig.suptitle(title or "--tv auto: held-out misfit along the path of TV weights")
     fig.tight_layout()
     return fig
 
