@@ -357,6 +357,28 @@ def heldout_figure(parameters: dict, title: str = "") -> Figure:
     return fig
 
 
+def shifts_figure(shifts: np.ndarray, parameters: dict, title: str = "") -> Figure:
+    """``--refine shifts``: the per-angle shifts (rows, columns; gauge removed) against the angle index,
+    with the rotation-axis offset (the columns' constant) as a dashed line."""
+    shifts = np.asarray(shifts, dtype=np.float64).reshape(-1, 2)
+    index = np.arange(shifts.shape[0])
+    fig = Figure(figsize=(6.4, 3.6), dpi=_DPI)
+    ax = fig.add_subplot()
+    ax.plot(index, shifts[:, 0], marker=".", label="rows (z)")
+    ax.plot(index, shifts[:, 1], marker=".", label="columns (u)")
+    axis = parameters.get("rotation_axis_offset_px")
+    if axis is not None:
+        ax.axhline(float(np.asarray(axis).reshape(-1)[0]), color="gray", linestyle="--", label="rotation-axis offset")
+    ax.set_xlabel("angle index")
+    ax.set_ylabel("shift (pixels)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "per-angle shifts (gauge removed)")
+    fig.tight_layout()
+    return fig
+
+
 def _save_atomically(fig: Figure, path: Path) -> Path:
     """Save ``fig`` as PNG under a temporary name in the target folder, then os.replace."""
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
