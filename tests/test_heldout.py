@@ -96,6 +96,16 @@ def test_too_few_heldout_frames_is_one_line_and_keeps_the_fixed_weights(caplog):
     assert recon.parameters["effective_tv_delta"] == 0.1
 
 
+def test_a_path_without_a_finite_heldout_misfit_keeps_the_fixed_weights(monkeypatch):
+    from ptytomo.solvers import heldout
+
+    monkeypatch.setattr(heldout.HeldOutPath, "heldout_misfit", lambda self, u: float("nan"))
+    data = simulate(SimulationConfig(**{**SMALL, "n_angles": 12}))
+    recon = reconstruct(data, ReconstructOptions(device="cpu", tv="auto", iterations=5), progress=False)
+    assert any("never finite" in line for line in recon.parameters["warnings"])
+    assert recon.parameters["effective_tv_delta"] == 0.1
+
+
 def test_holdout_frames_are_seeded_per_angle_and_skip_padding():
     valid = np.ones((4, 40), dtype=bool)
     valid[1, 30:] = False
