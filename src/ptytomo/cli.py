@@ -255,7 +255,7 @@ def _add_reconstruct(sub) -> None:
     p.add_argument("--rank-timeout", type=float, default=1800.0, metavar="SECONDS",
                    help="under torchrun: how long a rank waits for the others before the job fails")
     p.add_argument("--refine", default=d.refine,
-                   help="unknowns refined besides the volume: a comma list of probe, positions, shifts, or none "
+                   help="unknowns refined besides the volume: a comma list of probe, positions, shifts, scale, or none "
                         "(default %(default)s)")
     p.add_argument("--probe-modes", type=int, default=d.probe_modes,
                    help="K incoherent probe modes (default: as many as the file's probe has)")

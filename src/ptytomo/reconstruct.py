@@ -232,7 +232,8 @@ def build_objective(data: PtychoTomoData, options: ReconstructOptions, comm: Com
 
 def make_groups(objective: JointObjective, options: ReconstructOptions, comm: Comm = SOLO) -> list:
     """The parameter groups ``options.refine`` names, on ``objective``'s model."""
-    from .model import PositionOptions, PositionsGroup, ProbeGroup, ProbeOptions, ShiftOptions, ShiftsGroup
+    from .model import (PositionOptions, PositionsGroup, ProbeGroup, ProbeOptions, ScaleGroup, ScaleOptions,
+                        ShiftOptions, ShiftsGroup)
     from .solvers.baselines import gather_angles, share_of
 
     model, refined, groups = objective.model, options.refined(), []
@@ -249,6 +250,9 @@ def make_groups(objective: JointObjective, options: ReconstructOptions, comm: Co
                                                       max_shift=options.max_shift),
                                   gather=lambda t: gather_angles(comm, t),
                                   share=lambda t: share_of(comm, t, model.recorded_positions)))
+    if "scale" in refined:
+        groups.append(ScaleGroup(model, ScaleOptions(enabled=True), gather=lambda t: gather_angles(comm, t),
+                                 share=lambda t: share_of(comm, t, model.recorded_positions)))
     return groups
 
 
@@ -368,6 +372,7 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
         parameters.update(volume_errors(volume, data.truth))
     history = {k: np.asarray(v, dtype=np.float64) for k, v in result.history.columns.items()}
     refined = refined_unknowns(objective, groups, stepper, comm)
+    parameters.update(refined.pop("parameters", {}))
     if "angle_shifts" in refined:
         from .model.shifts import shift_summary
 
@@ -423,6 +428,8 @@ def refined_unknowns(objective: JointObjective, groups: list, stepper, comm: Com
             out["positions"] = gather_angles(comm, group.refined_positions()).numpy()
         if group.name == "shifts":
             out["angle_shifts"] = gather_angles(comm, group.shifts).numpy()
+        if group.name == "scale":  # no FORMAT.md field: an attribute, in /truth/angle_scale's units (counts)
+            out.setdefault("parameters", {})["angle_intensity_scale"] = (gather_angles(comm, group.scale) ** 2).tolist()
     if isinstance(stepper, Ptycho):
         out["transmission"] = stepper.transmissions().numpy().astype(np.complex64)
     return out

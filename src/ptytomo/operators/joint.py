@@ -84,6 +84,7 @@ class JointModel:
             self.positions[~self.valid] = 0.0
         self.recorded_positions = self.positions.clone()  # padded coordinates; refinement offsets these
         self.offsets: dict[str, torch.Tensor] = {}  # per refinement group, summed onto recorded_positions
+        self.angle_scale: torch.Tensor | None = None  # (A,) incident amplitude per angle (model/scale.py)
 
         if angle_batch is None:
             budget = batch_bytes or DEFAULT_BATCH_BYTES.get(self.device.type, DEFAULT_BATCH_BYTES["cpu"])
@@ -148,8 +149,12 @@ class JointModel:
         return padded[..., self.pad_top : self.pad_top + nz, self.pad_left : self.pad_left + nx]
 
     def transmission(self, x: torch.Tensor, b: int) -> torch.Tensor:
-        """O = exp(i k R x) on the padded grid for batch ``b``, (B, H, W)."""
-        return torch.exp(1j * self.k * self.pad(self.projector(b).forward(x)))
+        """O = exp(i k R x) on the padded grid for batch ``b``, (B, H, W), times the angle's incident
+        amplitude when one is refined (the far fields are linear in O, so this scales them)."""
+        o = torch.exp(1j * self.k * self.pad(self.projector(b).forward(x)))
+        if self.angle_scale is not None:
+            o = o * self.angle_scale[self.batches[b]].to(device=self.device, dtype=self.real_dtype)[:, None, None]
+        return o
 
     def far_field(self, x: torch.Tensor, b: int) -> torch.Tensor:
         """Complex far fields (B, J, M, M) of batch ``b``."""
