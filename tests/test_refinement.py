@@ -262,3 +262,18 @@ def test_method_ptycho_writes_transmissions(tmp_path):
     lit = slice(2, -2)
     error = np.abs(np.angle(np.exp(1j * (phase - expected))))[:, lit, lit]
     assert float(np.sqrt(np.mean(error**2))) < 0.1 * float(np.sqrt(np.mean(expected[:, lit, lit] ** 2)))
+
+
+def test_report_draws_the_probe_modes_and_the_position_corrections(position_error_data, tmp_path):
+    data = position_error_data
+    path = tmp_path / "data.h5"
+    write_data(path, data)
+    out = tmp_path / "recon.h5"
+    assert main(["reconstruct", str(path), "-o", str(out), "--refine", "probe,positions", "--probe-modes", "2",
+                 "--iterations", "4", "--positions-start", "2", "--quiet", "--device", "cpu"]) == 0
+    assert main(["report", str(out), "--data", str(path), "--out", str(tmp_path / "report")]) == 0
+    for name in ("probe_modes.png", "positions.png", "slices.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 10_000
+    recon = read_reconstruction(out)
+    assert recon.probe.shape == (2, 15, 15) and recon.positions.shape == data.positions.shape
+    assert 0 < float(np.abs(recon.positions - data.positions).max()) <= 4.0  # moved, within the bound

@@ -30,6 +30,8 @@ SLICES_NAME = "slices.png"
 CONVERGENCE_NAME = "convergence.png"
 HELDOUT_NAME = "heldout.png"
 SHIFTS_NAME = "angle_shifts.png"
+PROBE_NAME = "probe_modes.png"
+POSITIONS_NAME = "positions.png"
 
 _QUANTITIES = (("delta", "real"), ("beta", "imag"))
 _CMAP = "gray"
@@ -41,7 +43,8 @@ _DPI = 110
 # --------------------------------------------------------------------------
 
 
-def write_report(recon: Reconstruction, out_dir, truth: np.ndarray | None = None, title: str = "") -> list[Path]:
+def write_report(recon: Reconstruction, out_dir, truth: np.ndarray | None = None, title: str = "",
+                 recorded_positions: np.ndarray | None = None) -> list[Path]:
     """Write ``slices.png`` and ``convergence.png`` into ``out_dir``; return their paths.
 
     ``truth`` is an optional complex ``(Nz, Ny, Nx)`` volume (delta + i*beta; a
@@ -76,6 +79,11 @@ def write_report(recon: Reconstruction, out_dir, truth: np.ndarray | None = None
     ]
     if "heldout_misfit" in (recon.parameters or {}):  # a --tv auto run
         paths.append(_save_atomically(heldout_figure(recon.parameters, title), out / HELDOUT_NAME))
+    if recon.probe is not None:  # a --refine probe run
+        paths.append(_save_atomically(probe_figure(recon.probe, title), out / PROBE_NAME))
+    if recon.positions is not None and recorded_positions is not None:  # a --refine positions run
+        paths.append(_save_atomically(positions_figure(recon.positions, recorded_positions, title),
+                                      out / POSITIONS_NAME))
     if recon.angle_shifts is not None:  # a --refine shifts run
         paths.append(_save_atomically(shifts_figure(recon.angle_shifts, recon.parameters or {}, title),
                                       out / SHIFTS_NAME))
@@ -102,7 +110,8 @@ def report_from_files(recon_path, data_path=None, out_dir=None) -> list[Path]:
     if out_dir is None:
         out_dir = recon_path.with_name(recon_path.stem + "_report")
     title = f"{recon_path.name} ({recon.method})"
-    return write_report(recon, out_dir, truth=truth, title=title)
+    recorded = _read_positions(Path(data_path)) if data_path is not None and recon.positions is not None else None
+    return write_report(recon, out_dir, truth=truth, title=title, recorded_positions=recorded)
 
 
 # --------------------------------------------------------------------------
@@ -377,6 +386,62 @@ def shifts_figure(shifts: np.ndarray, parameters: dict, title: str = "") -> Figu
     ax.set_title(title or "per-angle shifts (gauge removed)")
     fig.tight_layout()
     return fig
+
+
+def probe_figure(probe: np.ndarray, title: str = "") -> Figure:
+    """``--refine probe``: amplitude and phase of every mode, with its fraction of the total power."""
+    probe = np.asarray(probe).reshape(-1, *np.shape(probe)[-2:])
+    powers = np.sum(np.abs(probe) ** 2, axis=(1, 2))
+    fractions = powers / max(float(powers.sum()), 1e-300)
+    fig = Figure(figsize=(2.6 * len(probe) + 0.6, 5.2), dpi=_DPI)
+    axes = fig.subplots(2, len(probe), squeeze=False)
+    for k, mode in enumerate(probe):
+        amplitude = axes[0, k].imshow(np.abs(mode), cmap="magma")
+        fig.colorbar(amplitude, ax=axes[0, k], fraction=0.046)
+        axes[0, k].set_title(f"mode {k}: {fractions[k]:.1%} of the power", fontsize=8)
+        # The phase is shown where the mode carries light; elsewhere it is noise.
+        lit = np.abs(mode) > 0.05 * np.abs(mode).max()
+        phase = axes[1, k].imshow(np.where(lit, np.angle(mode), np.nan), cmap="twilight", vmin=-np.pi, vmax=np.pi)
+        fig.colorbar(phase, ax=axes[1, k], fraction=0.046)
+        axes[1, k].set_title("phase (rad)", fontsize=8)
+        for ax in axes[:, k]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(title or "refined probe modes (amplitude, phase)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def positions_figure(refined: np.ndarray, recorded: np.ndarray, title: str = "", angle: int = 0) -> Figure:
+    """``--refine positions``: the corrections of one angle's windows as arrows on the recorded scan
+    (window corners, pixels; arrows drawn 10x longer than the corrections, whose rms is given)."""
+    refined = np.asarray(refined, dtype=np.float64)[angle]
+    recorded = np.asarray(recorded, dtype=np.float64)[angle]
+    correction = refined - recorded
+    fig = Figure(figsize=(5.2, 5.0), dpi=_DPI)
+    ax = fig.add_subplot()
+    ax.scatter(recorded[:, 1], recorded[:, 0], s=6, color="gray")
+    ax.quiver(recorded[:, 1], recorded[:, 0], correction[:, 1], correction[:, 0], angles="xy", scale_units="xy",
+              scale=0.1, color="tab:red", width=0.004)
+    ax.invert_yaxis()  # rows grow downwards, as in the projection images
+    ax.set_aspect("equal")
+    ax.set_xlabel("column (pixels)")
+    ax.set_ylabel("row (pixels)")
+    rms = float(np.sqrt(np.mean(np.sum(correction**2, axis=-1))))
+    ax.set_title(title or f"position corrections at angle {angle} (x10; rms {rms:.3g} px)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _read_positions(path: Path) -> np.ndarray | None:
+    """The recorded ``/measurement/positions`` of a data file (without reading its frames)."""
+    from .io import POSITIONS
+
+    try:
+        with h5py.File(path, "r") as f:
+            return np.asarray(f[POSITIONS], dtype=np.float64) if POSITIONS in f else None
+    except OSError as exc:
+        raise PtytomoError(f"{path}: cannot read {POSITIONS} ({exc})") from None
 
 
 def _save_atomically(fig: Figure, path: Path) -> Path:
