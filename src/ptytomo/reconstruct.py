@@ -242,7 +242,9 @@ def make_groups(objective: JointObjective, options: ReconstructOptions, comm: Co
     if "positions" in refined:
         position_options = PositionOptions(enabled=True, start=options.positions_start,
                                            max_correction=options.max_position_correction,
-                                           affine=options.position_affine)
+                                           affine=options.position_affine,
+                                           # with per-angle shifts refined, each angle's common offset is theirs
+                                           per_angle_mean="shifts" in refined)
         groups.append(PositionsGroup(model, position_options, gather=lambda t: gather_angles(comm, t),
                                      share=lambda t: share_of(comm, t, model.recorded_positions)))
     if "shifts" in refined:
