@@ -100,7 +100,7 @@ class RefiningStepper:
             for group in active:
                 group.update()
             self.volume.objective_changed()
-        self.diagnostics = {}
+        self.diagnostics = dict(getattr(self.volume, "diagnostics", {}))  # e.g. L-BFGS's evaluations
         for group in self.groups:
             self.diagnostics.update(getattr(group, "diagnostics", {}))
         return u_next, cost
