@@ -103,7 +103,6 @@ class PositionsGroup(ParameterGroup):
         from ..objective import detector_residual
         from ..operators.ptycho import Ptychography
 
-        q = residual.ptychography
         positions = self.model.positions[residual.angles]
         valid = None if self.model.valid is None else self.model.valid[residual.angles]
         best_cost = best = None
@@ -118,7 +117,6 @@ class PositionsGroup(ParameterGroup):
                 better = cost < best_cost
                 best_cost = torch.where(better, cost, best_cost)
                 best[better] = offset
-        del q
         return best
     def update(self) -> None:
         o = self.options
