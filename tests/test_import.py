@@ -615,3 +615,15 @@ def test_probe_modes_are_kept(tmp_path, original):
     record = import_series(out, inputs, ImportOptions(flip=("ud",), conjugate="yes"), progress=False)
     assert record["probe"] == "from the inputs (2 mode(s))" and record["conjugated"] is True
     np.testing.assert_allclose(read_data(out).probe, np.conj(modes), rtol=1e-6)
+
+
+def test_import_that_cannot_fit_is_refused_before_reading_frames(tmp_path, original, capsys, monkeypatch):
+    """The memory plan (issue 13) runs before any frame is read: one line, exit 2, no output."""
+    import ptytomo.resources as resources
+
+    inputs = write_cxi(str(tmp_path), original, nexus=True)
+    monkeypatch.setattr(resources, "host_memory_available", lambda: 1000)  # bytes
+    out = tmp_path / "out.h5"
+    code, message = run_cli(capsys, out, *inputs, "--conjugate", "no", "--quiet")
+    assert code == 2 and "import (" in message and "frames of" in message
+    assert not out.exists()

@@ -501,6 +501,19 @@ def phase_absorption_correlation(frames: np.ndarray, corners: np.ndarray, angle:
 # --------------------------------------------------------------------------
 
 
+def plan_import_memory(output, raw_frame_shape, corners_shape, m: int, options: ImportOptions) -> None:
+    """Refuse in one line, before any frame is read, an import whose frame blocks or output cannot fit
+    (resources.plan_import): at the peak one block of raw frames (float64 while cleaned) and, for the
+    --conjugate auto check, one angle's frames as float32."""
+    from ..resources import check_disk, plan_import
+
+    n_angles, n_positions = corners_shape[:2]
+    held = max(options.frames_per_read, n_positions if options.conjugate == "auto" else 0)
+    plan_import(tuple(raw_frame_shape), n_angles * n_positions, None, frames_in_memory=held, itemsize=8,
+                remedy="use a smaller --crop or --bin, or fewer frames per input")
+    check_disk(output, n_angles * n_positions * m * m * 4, what="import output")  # float32 M x M frames
+
+
 def import_series(output, inputs, options: ImportOptions | None = None, progress: bool = True) -> dict:
     """Turn per-angle inputs into one FORMAT.md data file at ``output``; return the /import record."""
     options = options or ImportOptions()
@@ -524,6 +537,7 @@ def import_series(output, inputs, options: ImportOptions | None = None, progress
     pixel_m = square_pixel(first, first.field_of_view_m[::-1] if transposed else first.field_of_view_m, crop)
     corners, valid, volume_shape, shift = window_corners(headers, pixel_m, m, options.volume_shape)
     geometry = Geometry(first.energy_kev, pixel_m, volume_shape)
+    plan_import_memory(output, first.frame_shape, corners.shape, m, options)
     saturations = [options.saturation or header.saturation for header in headers]
 
     samples = sample_inputs(len(inputs))
