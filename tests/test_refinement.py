@@ -277,3 +277,14 @@ def test_report_draws_the_probe_modes_and_the_position_corrections(position_erro
     recon = read_reconstruction(out)
     assert recon.probe.shape == (2, 15, 15) and recon.positions.shape == data.positions.shape
     assert 0 < float(np.abs(recon.positions - data.positions).max()) <= 4.0  # moved, within the bound
+
+
+def test_tolerance_waits_for_the_refinement_to_start():
+    """A run that would stop by the tolerance before its groups start goes on until they have."""
+    config = SimulationConfig(size=12, n_angles=4, detector_size=15, probe_diameter=7, step=3, device="cpu")
+    data = simulate(config, progress=False)
+    for method, start in (("ptycho", 40), ("joint", 25)):
+        options = ReconstructOptions(method=method, refine="probe", probe_start=start, iterations=60,
+                                     tolerance=0.5, device="cpu")
+        recon = reconstruct(data, options, progress=False)
+        assert start <= len(recon.history["iteration"]) < 60

@@ -160,6 +160,11 @@ class Admm:
                 st["rho"] = rho / 2
         return u, cost
 
+    @property
+    def may_stop(self) -> bool:
+        """The tolerance may end the run only once every refined group has started to move."""
+        return all(self.sweeps >= g.options.start for g in self.groups)
+
     # Per-angle state and its value on the free-space padding, which each rank sizes from its own
     # scan positions: checkpoints keep the volume's projection box, the same shape on every rank.
     PER_ANGLE = {"psi": 1.0, "h": 1.0, "lam": 0.0}
@@ -204,6 +209,11 @@ class Ptycho:
         self.sweeps += 1
         cost = self.retrieval.sweep(self.psi, step=self.step_size, groups=self.groups, index=self.sweeps)
         return u, cost
+
+    @property
+    def may_stop(self) -> bool:
+        """The tolerance may end the run only once every refined group has started to move."""
+        return all(self.sweeps >= g.options.start for g in self.groups)
 
     def transmissions(self) -> torch.Tensor:
         """Every angle's transmission on the volume's projection box (A, Nz, Nu), all ranks' angles."""
