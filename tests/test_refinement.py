@@ -288,3 +288,38 @@ def test_tolerance_waits_for_the_refinement_to_start():
                                      tolerance=0.5, device="cpu")
         recon = reconstruct(data, options, progress=False)
         assert start <= len(recon.history["iteration"]) < 60
+
+
+def test_probe_is_retrieved_against_a_known_strong_object():
+    """The probe group alone from a wrong 9 px disc (the data: a 7 px disc) against the true object:
+    the simultaneous (PIE-type) update converges to the true probe.  Measured: probe error 0.73 ->
+    0.001 after 100 updates, 2e-4 after 125 (100 nm voxels: phase contrast strong enough; with weak
+    contrast the probe is barely measured and the update stalls, see docs/refinement.md)."""
+    from ptytomo.model.probe import initial_probe
+    from ptytomo.reconstruct import build_objective, make_groups
+    from ptytomo.scan import disc_probe, scale_probe
+
+    config = SimulationConfig(size=16, n_angles=6, detector_size=15, probe_diameter=7, step=2, voxel_size_m=1e-7,
+                              device="cpu", precision="float64")
+    data = simulate(config, progress=False)
+    truth = data.probe.astype(np.complex128)
+    data.probe = scale_probe(disc_probe(15, 9.0).astype(np.complex128), 1e6).astype(np.complex64)
+    options = ReconstructOptions(refine="probe", precision="float64", device="cpu")
+    probe, _ = initial_probe(data, "file", 0)
+    objective = build_objective(data, options, probe=probe)
+    (group,) = make_groups(objective, options)
+    u = objective.model.volume(data.truth) * objective.scaling.to_u
+
+    def probe_error() -> float:
+        found = (objective.model.probe * objective.probe_max).numpy()[0]
+        overlap = np.vdot(found, truth)  # the global phase is not measured
+        return float(np.linalg.norm(found * overlap / abs(overlap) - truth) / np.linalg.norm(truth))
+
+    start = probe_error()
+    for _ in range(125):
+        objective.listeners = [group]
+        objective.value(u)
+        objective.listeners = []
+        group.update()
+    assert start > 0.7
+    assert probe_error() < 0.005
