@@ -263,6 +263,8 @@ def _add_reconstruct(sub) -> None:
                    help="initial probe: file, mean-pattern, disc:D or gaussian:D (D in pixels; default %(default)s)")
     p.add_argument("--probe-start", type=int, default=d.probe_start,
                    help="first iteration (sweep for sequential, admm, ptycho) of probe updates (default %(default)s)")
+    p.add_argument("--probe-updates", type=int, default=d.probe_updates,
+                   help="joint: probe steps per iteration, against the same volume (default %(default)s)")
     p.add_argument("--positions-start", type=int, default=d.positions_start,
                    help="first iteration (sweep) of position updates (default %(default)s)")
     p.add_argument("--max-position-correction", type=float, default=d.max_position_correction,

@@ -80,6 +80,7 @@ class ReconstructOptions:
     probe_modes: int = 0  # K incoherent modes; 0: as many as the file's probe has
     probe_init: str = "file"  # file | mean-pattern | disc:D | gaussian:D
     probe_start: int = 3  # first iteration (sweep for sequential, admm, ptycho) of probe updates
+    probe_updates: int = 5  # joint: probe steps per iteration (the baselines take one per sweep)
     positions_start: int = 20  # first iteration (sweep) of position updates
     max_position_correction: float = 4.0  # pixels
     position_affine: bool = False  # constrain position corrections to one affine map of the scan
@@ -142,6 +143,8 @@ class ReconstructOptions:
             raise PtytomoError(f"--coarse-align {self.coarse_align!r}: choose on or off")
         if not (math.isfinite(self.max_shift) and self.max_shift > 0):
             raise PtytomoError(f"--max-shift must be a number > 0, got {self.max_shift}")
+        if self.probe_updates < 1:
+            raise PtytomoError(f"--probe-updates must be >= 1, got {self.probe_updates}")
         for name in ("probe_modes", "probe_start", "positions_start", "shifts_start"):
             if getattr(self, name) < 0:
                 raise PtytomoError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
@@ -238,7 +241,8 @@ def make_groups(objective: JointObjective, options: ReconstructOptions, comm: Co
 
     model, refined, groups = objective.model, options.refined(), []
     if "probe" in refined:
-        groups.append(ProbeGroup(model, ProbeOptions(enabled=True, start=options.probe_start)))
+        groups.append(ProbeGroup(model, ProbeOptions(enabled=True, start=options.probe_start,
+                                                     updates=options.probe_updates)))
     if "positions" in refined:
         position_options = PositionOptions(enabled=True, start=options.positions_start,
                                            max_correction=options.max_position_correction,

@@ -41,6 +41,7 @@ PROBE_INITS = ("file", "mean-pattern", "disc", "gaussian")
 @dataclass
 class ProbeOptions(GroupOptions):
     start: int = 3  # the volume first takes a few steps: an empty object lets the probe absorb the data
+    updates: int = 5  # per joint iteration; measured: probe error 0.21 -> 0.013 in 60 iterations (docs/refinement.md)
 
 
 class ProbeGroup(ParameterGroup):
