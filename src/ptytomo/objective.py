@@ -15,6 +15,7 @@ classical ``1/L`` step, whatever the data size, probe intensity or voxel size.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -162,6 +163,15 @@ class JointObjective:
         for listener in self.listeners:
             listener.accumulate(result)
         return result, cost
+
+    @contextmanager
+    def listening(self, groups):
+        """Hand the residuals of the evaluations inside the block to ``groups`` (and only those)."""
+        self.listeners = list(groups)
+        try:
+            yield
+        finally:
+            self.listeners = []
 
     def begin_evaluation(self) -> None:
         for listener in self.listeners:

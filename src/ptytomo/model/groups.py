@@ -86,18 +86,12 @@ class RefiningStepper:
     def step(self, u: torch.Tensor):
         self.iteration += 1
         active = [g for g in self.groups if g.active(self.iteration)]
-        self.objective.listeners = active
-        try:
+        with self.objective.listening(active):
             u_next, cost = self.volume.step(u)
-        finally:
-            self.objective.listeners = []
         if active:
             if self.objective.last_point is not u_next:  # the last evaluation was elsewhere: one more
-                self.objective.listeners = active
-                try:
+                with self.objective.listening(active):
                     self.objective.value_and_grad(u_next, need_grad=False)
-                finally:
-                    self.objective.listeners = []
             for group in active:
                 group.update()
             self.extra_updates(u_next, active)
@@ -113,11 +107,8 @@ class RefiningStepper:
         an evaluation without the volume's gradient costs about half of one with it."""
         for done in range(1, max(g.options.updates for g in active)):
             listening = [g for g in active if g.options.updates > done]
-            self.objective.listeners = listening
-            try:
+            with self.objective.listening(listening):
                 self.objective.value_and_grad(u, need_grad=False)
-            finally:
-                self.objective.listeners = []
             for group in listening:
                 group.update()
 

@@ -86,9 +86,8 @@ class PtychographyRetrieval:
         gradients from the same residuals and step after the sweep."""
         objective, model = self.objective, self.model
         active = [g for g in groups if g.active(index)]
-        objective.listeners = active
         total = torch.zeros((), dtype=torch.float64, device=model.device)
-        try:
+        with objective.listening(active):
             objective.begin_evaluation()
             for b, batch in enumerate(model.batches):
                 result, cost = objective.residual(b, psi[batch])
@@ -99,8 +98,6 @@ class PtychographyRetrieval:
                 # The loss's curvature scales the data term's diagonal only, not the proximal term's rho.
                 psi[batch] -= step * grad / (self.denominator[batch] / self.loss_step + rho)
             objective.end_evaluation(psi)
-        finally:
-            objective.listeners = []
         psi[:, self.free_space] = 1.0
         if active:
             for group in active:
