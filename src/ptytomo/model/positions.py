@@ -33,8 +33,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from .gauge import gauge_fit
 from .groups import GroupOptions, ParameterGroup
 
 
@@ -70,11 +72,7 @@ class PositionsGroup(ParameterGroup):
         self.grad = self.hessian = None
         self.searched = False
         self.best_offset = None
-        self.reduce = lambda partial: partial
         self.diagnostics: dict[str, float] = {}
-
-    def finish(self, reduce) -> None:
-        self.reduce = reduce  # the gauge is a fit over all ranks' angles
 
     def begin(self) -> None:
         self.best_offset = torch.zeros_like(self.corrections)
@@ -136,7 +134,7 @@ class PositionsGroup(ParameterGroup):
             corrections = remove_angle_means(corrections, self.valid, information)
         else:
             corrections = remove_translation_gauge(corrections, self.valid, self.model.angles, information,
-                                                   self.reduce)
+                                                   self.gather, self.share)
         corrections = corrections.clamp(-o.max_correction, o.max_correction)
         self.set(corrections)
         self.diagnostics = {"position_correction_rms": rms(corrections[self.valid])}
@@ -173,25 +171,20 @@ def remove_angle_means(corrections: torch.Tensor, valid: torch.Tensor, informati
 
 
 def remove_translation_gauge(corrections: torch.Tensor, valid: torch.Tensor, angles, information=None,
-                             reduce=None) -> torch.Tensor:
-    """The corrections minus what a translation (X, Y, Z) of the volume would explain: the same row
-    offset Z at every window, and column offsets X cos(theta_a) + Y sin(theta_a) at angle a
-    (least squares, each window weighted by its information; sums over ranks by ``reduce``)."""
-    reduce = reduce or (lambda partial: partial)
+                             gather=None, share=None) -> torch.Tensor:
+    """The corrections minus what a translation of the volume would explain (:mod:`.gauge`), fitted to
+    each angle's mean correction weighted by its windows' information (the same least squares as a fit
+    to every window); ``gather``/``share`` join the ranks' angles for the fit."""
+    gather = gather or (lambda t: t)
+    share = share or (lambda t: t)
     weight = valid.to(corrections.dtype)
     if information is not None:
         weight = weight * information.to(corrections.dtype).clamp_min(0)
     per_angle_weight = weight.sum(dim=1)  # (A,)
-    per_angle_sum = (corrections * weight[..., None]).sum(dim=1)  # (A, 2)
-    rows = reduce(per_angle_sum[:, 0].sum()) / reduce(per_angle_weight.sum()).clamp_min(1e-30)
-    theta = torch.as_tensor(angles, dtype=corrections.dtype)
-    basis = torch.stack([torch.cos(theta), torch.sin(theta)], dim=-1)  # (A, 2)
-    normal = reduce((basis * per_angle_weight[:, None]).T @ basis)
-    rhs = reduce(basis.T @ per_angle_sum[:, 1])
-    coefficients = torch.linalg.lstsq(normal, rhs[:, None]).solution[:, 0]
-    columns = basis @ coefficients  # (A,)
-    gauge = torch.stack([rows.expand_as(columns), columns], dim=-1)[:, None, :]
-    return (corrections - gauge) * valid[..., None]
+    means = (corrections * weight[..., None]).sum(dim=1) / per_angle_weight.clamp_min(1e-300)[:, None]
+    all_angles = gather(torch.as_tensor(np.asarray(angles, dtype=np.float64)))
+    gauge, _ = gauge_fit(gather(means), all_angles, gather(per_angle_weight))
+    return (corrections - share(gauge)[:, None, :]) * valid[..., None]
 
 
 def affine_fit(recorded: torch.Tensor, corrections: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .gauge import gauge_fit, gauge_translation, remove_gauge  # noqa: F401  (the shifts' gauge; tests use it here)
 from .groups import GroupOptions, ParameterGroup
 
 
@@ -100,41 +101,6 @@ class ShiftsGroup(ParameterGroup):
         self.set(self.share(state["shifts"]).to(torch.float64).cpu())
 
 
-def gauge_fit(shifts: torch.Tensor, angles) -> tuple[torch.Tensor, float]:
-    """(the part of ``shifts`` (A, 2) a volume translation explains, the rotation-axis offset).
-
-    Rows: their mean (a translation along z).  Columns: the least-squares fit by
-    ``c + X cos(theta) + Y sin(theta)``; the ``X, Y`` part is the gauge, ``c`` (the same column
-    offset at every angle) the rotation axis's offset, which is fitted jointly so that angles
-    covering less than a full turn (where cos, sin and 1 are not orthogonal) split correctly.
-    """
-    shifts = shifts.to(torch.float64)
-    theta = torch.as_tensor(np.asarray(angles, dtype=np.float64))
-    basis = torch.stack([torch.ones_like(theta), torch.cos(theta), torch.sin(theta)], dim=1)
-    rank = int(torch.linalg.matrix_rank(basis))
-    gauge = torch.zeros_like(shifts)
-    gauge[:, 0] = shifts[:, 0].mean()
-    if rank < 3:  # one or two angles: only the mean is determined
-        return gauge, float(shifts[:, 1].mean())
-    coefficients = torch.linalg.lstsq(basis, shifts[:, 1:2]).solution[:, 0]
-    gauge[:, 1] = basis[:, 1:] @ coefficients[1:]
-    return gauge, float(coefficients[0])
-
-
-def gauge_translation(shifts: torch.Tensor, angles) -> tuple[float, float, float]:
-    """The volume translation (dz, dy, dx) voxels whose projections make the gauge part of ``shifts``.
-
-    A reconstruction whose shifts had this part removed holds the volume moved by minus it
-    (x_hat(P) = x(P + t)); comparing it with a truth needs the volume moved back by ``t``."""
-    shifts = shifts.to(torch.float64)
-    theta = torch.as_tensor(np.asarray(angles, dtype=np.float64))
-    basis = torch.stack([torch.ones_like(theta), torch.cos(theta), torch.sin(theta)], dim=1)
-    if int(torch.linalg.matrix_rank(basis)) < 3:
-        return float(shifts[:, 0].mean()), 0.0, 0.0
-    _, along_x, along_y = torch.linalg.lstsq(basis, shifts[:, 1:2]).solution[:, 0].tolist()
-    return float(shifts[:, 0].mean()), along_y, along_x
-
-
 def translate_volume(volume: np.ndarray, translation) -> np.ndarray:
     """``volume`` moved by ``translation`` (dz, dy, dx) voxels, out(P) = in(P - t), by a Fourier phase
     ramp (periodic: meant for volumes with free space around the object)."""
@@ -146,11 +112,6 @@ def translate_volume(volume: np.ndarray, translation) -> np.ndarray:
         spectrum = spectrum * np.exp(-2j * np.pi * np.fft.fftfreq(n) * t).reshape(shape)
     moved = np.fft.ifftn(spectrum)
     return moved.astype(volume.dtype) if np.iscomplexobj(volume) else moved.real.astype(volume.dtype)
-
-
-def remove_gauge(shifts: torch.Tensor, angles) -> torch.Tensor:
-    """``shifts`` (A, 2) minus what a translation of the volume explains (:func:`gauge_fit`)."""
-    return shifts.to(torch.float64) - gauge_fit(shifts, angles)[0]
 
 
 def shift_summary(shifts, angles) -> tuple[dict, str]:
