@@ -40,6 +40,17 @@ def rms(values) -> float:
     return float(np.sqrt(np.mean(np.asarray(values) ** 2)))
 
 
+def central_difference(objective, u, group, start, index, h) -> float:
+    """d raw cost / d ``group``'s value at ``index``, by central differences around ``start``."""
+    costs = []
+    for sign in (1, -1):
+        moved = start.clone()
+        moved[index] += sign * h
+        group.set(moved)
+        costs.append(objective.value(u) / objective.scaling.cost)
+    return (costs[0] - costs[1]) / (2 * h)
+
+
 def test_shift_gradient_matches_finite_differences():
     data = simulate(SimulationConfig(size=12, n_angles=4, detector_size=15, probe_diameter=7, step=3, runout=1,
                                      device="cpu", precision="float64"), progress=False)
@@ -58,15 +69,9 @@ def test_shift_gradient_matches_finite_differences():
     objective.listeners = [shifts]
     objective.value(u)
     objective.listeners = []
-    h = 1e-5
     for index in [(0, 0), (1, 1), (3, 0)]:
-        costs = []
-        for sign in (1, -1):
-            moved = start.clone()
-            moved[index] += sign * h
-            shifts.set(moved)
-            costs.append(objective.value(u) / objective.scaling.cost)
-        assert (costs[0] - costs[1]) / (2 * h) == pytest.approx(float(shifts.grad[index]), rel=1e-5)
+        slope = central_difference(objective, u, shifts, start, index, 1e-5)
+        assert slope == pytest.approx(float(shifts.grad[index]), rel=1e-5)
 
 
 def test_gauge_is_a_volume_translation_and_the_axis_offset_is_kept():
@@ -196,15 +201,9 @@ def test_scale_gradient_matches_finite_differences():
     objective.listeners = [scale]
     objective.value(u)
     objective.listeners = []
-    h = 1e-6
     for a in range(4):
-        costs = []
-        for sign in (1, -1):
-            moved = start.clone()
-            moved[a] += sign * h
-            scale.set(moved)
-            costs.append(objective.value(u) / objective.scaling.cost)
-        assert (costs[0] - costs[1]) / (2 * h) == pytest.approx(float(scale.grad[a]), rel=1e-6)
+        slope = central_difference(objective, u, scale, start, a, 1e-6)
+        assert slope == pytest.approx(float(scale.grad[a]), rel=1e-6)
 
 
 def test_incident_flux_jitter_is_found():
