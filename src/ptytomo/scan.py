@@ -173,6 +173,12 @@ def to_far_field(wave: np.ndarray) -> np.ndarray:
     return np.fft.fftshift(np.fft.fft2(wave, norm="ortho"), axes=(-2, -1))
 
 
+def probe_from_mean_pattern(mean_pattern: np.ndarray) -> np.ndarray:
+    """The initial probe when none is known: sqrt of the mean diffraction pattern with a flat phase,
+    transformed back (FORMAT.md's inverse far field), so its photon count is the mean frame's."""
+    return from_far_field(np.sqrt(np.maximum(np.asarray(mean_pattern, dtype=np.float64), 0.0)))
+
+
 def default_defocus(pupil: float, detector_size: int, fill: float = 0.6) -> float:
     """Defocus (rad at the pupil edge) whose geometric beam spans ``fill`` of the window.
 

@@ -31,6 +31,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import physics
+from ..scan import from_far_field, to_far_field
+from ..scan import probe_from_mean_pattern as mean_pattern_guess
 from ..errors import PtytomoError
 from . import cxi, mapping, nexus, ptychodus
 from .foreign import ANGLE_UNITS, AngleScan, InputFile, error
@@ -227,17 +229,12 @@ def centre_crop(frames: np.ndarray, size: int) -> np.ndarray:
 
 def crop_far_field(probe: np.ndarray, size: int) -> np.ndarray:
     """The probe seen by a detector cropped to size x size: its far field cropped, on a coarser grid."""
-    far = centre_crop(np.fft.fftshift(np.fft.fft2(probe, norm="ortho"), axes=(-2, -1)), size)
-    return np.fft.ifft2(np.fft.ifftshift(far, axes=(-2, -1)), norm="ortho")
+    return from_far_field(centre_crop(to_far_field(probe), size))
 
 
 def probe_from_mean_pattern(mean_pattern: np.ndarray) -> np.ndarray:
-    """The initial probe without one in the inputs: sqrt(mean I) with a flat phase, transformed back.
-
-    The inverse of FORMAT.md's far field, so its photon count is the mean frame's.
-    """
-    amplitude = np.sqrt(np.maximum(mean_pattern, 0))
-    return np.fft.ifft2(np.fft.ifftshift(amplitude), norm="ortho")[None]
+    """The initial probe without one in the inputs, as one mode (1, M, M) (:func:`ptytomo.scan.probe_from_mean_pattern`)."""
+    return mean_pattern_guess(mean_pattern)[None]
 
 
 # --------------------------------------------------------------------------

@@ -23,8 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import PtytomoError
-from ..operators.ptycho import far_field_adjoint
-from ..scan import disc_probe
+from ..scan import disc_probe, probe_from_mean_pattern
 from .groups import GroupOptions, ParameterGroup
 
 log = logging.getLogger("ptytomo")
@@ -177,8 +176,7 @@ def mean_pattern_probe(data, comm) -> np.ndarray:
 
     count = comm.total(int(data.valid_or_all().sum()))
     local = torch.from_numpy(mean_pattern(data) * data.valid_or_all().sum())
-    amplitude = np.sqrt(np.maximum(comm.sum(local).numpy() / max(count, 1), 0.0))
-    return far_field_adjoint(torch.from_numpy(amplitude.astype(np.complex128))).numpy()
+    return probe_from_mean_pattern(comm.sum(local).numpy() / max(count, 1))
 
 
 def gaussian_probe(m: int, fwhm: float) -> np.ndarray:
