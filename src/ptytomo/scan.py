@@ -168,6 +168,14 @@ def from_far_field(field: np.ndarray) -> np.ndarray:
     return np.fft.ifft2(np.fft.ifftshift(field, axes=(-2, -1)), norm="ortho")
 
 
+def centre_crop(frames, size: int):
+    """The central size x size of (..., H, W) far fields (numpy or torch) whose DC is at (H//2, W//2);
+    DC lands at size//2 (what a smaller detector sees)."""
+    height, width = frames.shape[-2:]
+    top, left = height // 2 - size // 2, width // 2 - size // 2
+    return frames[..., top:top + size, left:left + size]
+
+
 def to_far_field(wave: np.ndarray) -> np.ndarray:
     """FORMAT.md's centred unitary far field over the last two axes."""
     return np.fft.fftshift(np.fft.fft2(wave, norm="ortho"), axes=(-2, -1))

@@ -37,6 +37,7 @@ from .operators.ptycho import far_field, far_field_adjoint
 from .phantoms import block_average, load_volume, random_ellipsoids, woven_wire
 from .scan import (
     MAX_PROBE_MODES,
+    centre_crop,
     centred_grid,
     default_defocus,
     disc_probe,
@@ -176,13 +177,6 @@ def fine_probe(probe: np.ndarray, factor: int) -> np.ndarray:
     return (far_field_adjoint(padded) * factor).numpy()
 
 
-def central_crop(frames: torch.Tensor, m: int) -> torch.Tensor:
-    """The central m x m pixels of centred far fields (DC stays at index m // 2)."""
-    big = frames.shape[-1]
-    start = big // 2 - m // 2
-    return frames[..., start : start + m, start : start + m]
-
-
 def registration_ramp(m: int, factor: int, dtype=torch.complex128) -> torch.Tensor:
     """Far-field phase that moves coarse samples onto the centres of their fine-pixel blocks."""
     q = torch.arange(m, dtype=torch.float64) - m // 2
@@ -192,7 +186,7 @@ def registration_ramp(m: int, factor: int, dtype=torch.complex128) -> torch.Tens
 
 def coarse_probe(probe_fine: np.ndarray, m: int, factor: int) -> np.ndarray:
     """The M x M probe whose far field is the detector's (cropped) view of the fine probe's."""
-    field_fine = central_crop(far_field(torch.from_numpy(probe_fine.astype(np.complex128))), m) / factor
+    field_fine = centre_crop(far_field(torch.from_numpy(probe_fine.astype(np.complex128))), m) / factor
     return far_field_adjoint(field_fine * registration_ramp(m, factor)).numpy().astype(np.complex64)
 
 
@@ -282,7 +276,7 @@ def expected_intensities(model: JointModel, x: torch.Tensor, modes_fine: np.ndar
             model.set_probe(torch.from_numpy(modes_fine[mode]))
         fields = model.far_field(x, b)
         if s > 1:
-            fields = central_crop(fields, m) / s
+            fields = centre_crop(fields, m) / s
         intensities[model.batches[b]] += (fields.abs() ** 2).cpu().numpy()
     return intensities
 

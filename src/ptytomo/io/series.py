@@ -31,7 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import physics
-from ..scan import from_far_field, to_far_field
+from ..scan import centre_crop, from_far_field, to_far_field
 from ..scan import probe_from_mean_pattern as mean_pattern_guess
 from ..errors import PtytomoError
 from . import cxi, mapping, nexus, ptychodus
@@ -218,13 +218,6 @@ class FramePipeline:
             start = self.crop // 2 - self.size // 2
             probe = probe[..., start:start + self.size, start:start + self.size]
         return np.conj(probe) if self.conjugate else probe
-
-
-def centre_crop(frames: np.ndarray, size: int) -> np.ndarray:
-    """The central size x size of (..., H, W) frames whose DC is at (H//2, W//2); DC lands at size//2."""
-    height, width = frames.shape[-2:]
-    top, left = height // 2 - size // 2, width // 2 - size // 2
-    return frames[..., top:top + size, left:left + size]
 
 
 def crop_far_field(probe: np.ndarray, size: int) -> np.ndarray:
