@@ -149,11 +149,13 @@ def test_a_checkpoint_of_other_data_or_options_is_refused_naming_them(data_file,
                  "--angle-batch", "1", "--resume", str(checkpoint), *ONCE]) == 0
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_stops_after_the_iteration_and_resumes_to_the_uninterrupted_result(data_file, uninterrupted,
-                                                                                   tmp_path):
+                                                                                   tmp_path, signum):
+    """Ctrl-C, or the SIGTERM a batch scheduler sends at the time limit."""
     process = start_run(data_file, tmp_path, resume=False)
     assert wait_for_checkpoint_write(process, tmp_path)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 0 and "stopping after this iteration" in err, err
     recon = read_reconstruction(tmp_path / "out.h5")

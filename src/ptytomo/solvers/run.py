@@ -207,18 +207,28 @@ class StopRequest:
         self.forced = False
         self._previous = None
 
+    # SIGTERM is what a batch scheduler (Slurm, PBS) sends before it kills a job at its time limit:
+    # it stops after the iteration like a first Ctrl-C, so the run ends with its file and checkpoint.
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
     def __enter__(self) -> "StopRequest":
         try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         except ValueError:  # not the main thread: Ctrl-C keeps raising KeyboardInterrupt
             self._previous = None
         return self
 
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+            for s, previous in self._previous.items():
+                signal.signal(s, previous)
 
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGTERM:
+            if not self.requested and self.announce:
+                print("\nptytomo: terminated: stopping after this iteration", file=sys.stderr, flush=True)
+            self.requested = True
+            return
         if self.requested and self.escalate:
             self.forced = True
             raise KeyboardInterrupt
