@@ -364,17 +364,46 @@ def window_corners(headers: list[Header], pixel_m: float, m: int, volume_shape) 
 
 
 def detect_dc(mean_pattern: np.ndarray, good: np.ndarray) -> tuple[tuple[int, int], tuple[float, float]]:
-    """The zero-frequency pixel: the brightest good pixel of the mean pattern, and its 3 x 3 centroid."""
-    pattern = np.where(good, mean_pattern, -np.inf)
-    row, col = np.unravel_index(int(np.argmax(pattern)), pattern.shape)
-    rows = np.arange(row - 1, row + 2) % pattern.shape[0]
-    cols = np.arange(col - 1, col + 2) % pattern.shape[1]
-    patch = np.where(good[np.ix_(rows, cols)], mean_pattern[np.ix_(rows, cols)], 0)
-    total = patch.sum()
-    offsets = np.array([-1.0, 0.0, 1.0])
-    centroid = (row + float(patch.sum(1) @ offsets / total), col + float(patch.sum(0) @ offsets / total)) \
-        if total > 0 else (float(row), float(col))
-    return (int(row), int(col)), centroid
+    """The zero-frequency pixel of the mean pattern: its centre of point symmetry, and that centre to a
+    sub-pixel.
+
+    Not the brightest pixel: a zone plate's central stop leaves the zero frequency dark and the
+    pattern an annulus.  A far field's mean pattern is |pupil|^2 spread by the object's scattering,
+    and the pupil's modulus (disc, annulus) is symmetric about the zero frequency whatever its
+    aberrations (they are phases).  The self-convolution ``sum_q I(q) I(s - q)`` peaks at ``s`` =
+    twice the centre; of the pixels ``c`` with ``2 c = s`` (modulo the frame), the one where the
+    pattern is brightest after a wide blur is the centre (the others lie half a frame away).
+    """
+    pattern = np.where(good, mean_pattern, 0.0).astype(np.float64)
+    shape = pattern.shape
+    spectrum = np.fft.fft2(pattern)
+    symmetry = np.fft.ifft2(spectrum * spectrum).real
+    peak = np.unravel_index(int(np.argmax(symmetry)), shape)
+    twice = [p + _parabolic_offset(symmetry, peak, axis) for axis, p in enumerate(peak)]  # sub-pixel 2c
+    sigma = max(shape) / 8.0
+    frequencies = [np.fft.fftfreq(n) for n in shape]
+    blur = np.exp(-2 * (np.pi * sigma) ** 2 * (frequencies[0][:, None] ** 2 + frequencies[1][None, :] ** 2))
+    blurred = np.fft.ifft2(spectrum * blur).real
+    candidates = [[c for c in range(n) if (2 * c - peak[axis]) % n in (0, 1, n - 1)] for axis, n in enumerate(shape)]
+    row, col = max(((r, c) for r in candidates[0] for c in candidates[1]), key=lambda rc: blurred[rc])
+    # 2 c = t modulo n: c = t / 2 modulo n / 2, the candidate chosen above picks the period
+    centre = tuple(float(c + _wrap(t / 2 - c, n / 4)) for c, t, n in zip((row, col), twice, shape))
+    return (int(round(centre[0])) % shape[0], int(round(centre[1])) % shape[1]), centre
+
+
+def _parabolic_offset(values: np.ndarray, peak: tuple[int, int], axis: int) -> float:
+    """Sub-pixel offset of a (circular) maximum along ``axis`` from the parabola through three samples."""
+    n = values.shape[axis]
+    before, after = list(peak), list(peak)
+    before[axis], after[axis] = (peak[axis] - 1) % n, (peak[axis] + 1) % n
+    left, middle, right = values[tuple(before)], values[peak], values[tuple(after)]
+    curvature = left - 2 * middle + right
+    return float(0.5 * (left - right) / curvature) if curvature < 0 else 0.0
+
+
+def _wrap(offset: float, half_period: float) -> float:
+    """``offset`` brought into [-half_period, half_period) (the sub-pixel part of a centre modulo the frame)."""
+    return (offset + half_period) % (2 * half_period) - half_period
 
 
 # --------------------------------------------------------------------------
