@@ -82,7 +82,7 @@ def alignment_costs(data, runout: float) -> tuple[float, float, float, float]:
     start = time.perf_counter()
     shifts.set(coarse_align(objective, AlignmentOptions(max_shift=options.max_shift)))
     coarse = time.perf_counter() - start
-    plain_objective = build_objective(data, ReconstructOptions(device="cpu"))
+    plain_objective = build_objective(data, ReconstructOptions(refine="none", device="cpu"))
 
     def evaluation(objective, listeners) -> float:
         u = torch.from_numpy(data.truth).to(objective.model.complex_dtype) * objective.scaling.to_u

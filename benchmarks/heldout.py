@@ -31,7 +31,7 @@ GRID = (3.0, 1.0, 1 / 3, 1 / 9)
 
 def timed(data, **options):
     started = time.perf_counter()
-    recon = reconstruct(data, ReconstructOptions(device="cpu", **options), progress=False)
+    recon = reconstruct(data, ReconstructOptions(**{"refine": "none", "device": "cpu", **options}), progress=False)
     p = recon.parameters
     return dict(delta=p["relative_rmse_delta"], beta=p["relative_rmse_beta"], seconds=time.perf_counter() - started,
                 iterations=len(recon.history["cost"]) + int(p.get("heldout_path_iterations", 0)),

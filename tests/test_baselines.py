@@ -41,7 +41,7 @@ def test_unwrap_phase_restores_a_phase_beyond_pi():
 
 
 def test_ptychographic_retrieval_recovers_the_projections(small):
-    objective = build_objective(small, ReconstructOptions(device="cpu", precision="float64"))
+    objective = build_objective(small, ReconstructOptions(refine="none", device="cpu", precision="float64"))
     retrieval = PtychographyRetrieval(objective)
     psi = retrieval.initial()
     costs = [retrieval.sweep(psi) for _ in range(150)]
@@ -51,7 +51,7 @@ def test_ptychographic_retrieval_recovers_the_projections(small):
 
 
 def test_tomography_gradient_matches_autograd(small):
-    objective = build_objective(small, ReconstructOptions(device="cpu", precision="float64"))
+    objective = build_objective(small, ReconstructOptions(refine="none", device="cpu", precision="float64"))
     weight = (torch.rand(objective.model.n_angles, 16, 16, generator=torch.Generator().manual_seed(0)) > 0.2)
     tomography = TomographyObjective(objective.model, weight)
     tomography.target = true_projections(small, objective) * 0.7
@@ -68,7 +68,7 @@ def test_tomography_gradient_matches_autograd(small):
 
 
 def test_tomography_is_scaled_to_the_joint_lipschitz_constant(small):
-    objective = build_objective(small, ReconstructOptions(device="cpu", precision="float64"))
+    objective = build_objective(small, ReconstructOptions(refine="none", device="cpu", precision="float64"))
     tomography = TomographyObjective(objective.model, torch.ones(objective.model.n_angles, 16, 16))
     assert tomography.lipschitz() * tomography.scaling.cost == pytest.approx(100.0, rel=1e-6)
 
@@ -76,7 +76,7 @@ def test_tomography_is_scaled_to_the_joint_lipschitz_constant(small):
 def test_filtered_back_projection_inverts_the_projector():
     data = simulate(SimulationConfig(size=32, n_angles=100, step=8, detector_size=15, probe_diameter=9,
                                      phantom="ellipsoids", device="cpu"), progress=False)
-    objective = build_objective(data, ReconstructOptions(device="cpu"))
+    objective = build_objective(data, ReconstructOptions(refine="none", device="cpu"))
     tomography = TomographyObjective(objective.model, torch.ones(100, 32, 32))
     tomography.target = true_projections(data, objective)
     x = (tomography.filtered_back_projection() / objective.scaling.to_u).numpy()
@@ -94,7 +94,7 @@ def test_filtered_back_projection_inverts_the_projector():
     ],
 )
 def test_baselines_reconstruct_noise_free_data(small, options, bound_delta, bound_beta):
-    recon = reconstruct(small, ReconstructOptions(device="cpu", tv_delta=1e-3, tv_beta=1e-3, **options),
+    recon = reconstruct(small, ReconstructOptions(device="cpu", refine="none", tv_delta=1e-3, tv_beta=1e-3, **options),
                         progress=False)
     p = recon.parameters
     assert p["relative_rmse_delta"] < bound_delta and p["relative_rmse_beta"] < bound_beta, p
@@ -107,7 +107,8 @@ def test_baselines_reconstruct_noise_free_data(small, options, bound_delta, boun
 
 def test_admm_with_rho_near_zero_reproduces_sequential(small):
     """One outer iteration with a negligible penalty is ptychography to convergence, then tomography."""
-    common = dict(device="cpu", precision="float64", tv_delta=0, tv_beta=0, ptycho_iterations=150, tolerance=0)
+    common = dict(device="cpu", precision="float64", tv_delta=0, tv_beta=0, ptycho_iterations=150, tolerance=0,
+                  refine="none")
     sequential = reconstruct(small, ReconstructOptions(method="sequential", iterations=30, **common), progress=False)
     admm = reconstruct(small, ReconstructOptions(method="admm", iterations=1, rho=1e-9, tomo_iterations=30, **common),
                        progress=False)

@@ -97,7 +97,7 @@ def test_read_data_reads_only_the_share(data_file, tmp_path):
 
 
 def test_streamed_reconstruction_equals_in_memory(data_file):
-    options = ReconstructOptions(iterations=3, device="cpu", angle_batch=2)  # 3 batches: reads wrap around
+    options = ReconstructOptions(refine="none", iterations=3, device="cpu", angle_batch=2)  # 3 batches: reads wrap around
     in_memory = reconstruct(read_data(data_file), options, progress=False)
     streamed = reconstruct(read_data(data_file, stream=True), options, progress=False)
     assert streamed.parameters["streamed"] and not in_memory.parameters["streamed"]
@@ -106,7 +106,7 @@ def test_streamed_reconstruction_equals_in_memory(data_file):
 
 
 def test_stream_reads_ahead_in_any_order(data_file):
-    options = ReconstructOptions(device="cpu", angle_batch=2)
+    options = ReconstructOptions(refine="none", device="cpu", angle_batch=2)
     reference = build_objective(read_data(data_file), options).amplitudes
     objective = build_objective(read_data(data_file, stream=True), options)
     stream = objective.amplitudes

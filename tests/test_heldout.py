@@ -48,7 +48,7 @@ def auto_runs():
     runs = {}
     for name, (kind, _) in DATA_SETS.items():
         data = simulate(SimulationConfig(**SMALL, **kind))
-        runs[name] = reconstruct(data, ReconstructOptions(device="cpu", tv="auto"), progress=False)
+        runs[name] = reconstruct(data, ReconstructOptions(refine="none", device="cpu", tv="auto"), progress=False)
     return runs
 
 
@@ -77,7 +77,7 @@ def test_the_chosen_weights_differ_between_the_data_sets(auto_runs):
 
 def test_heldout_record_survives_the_file_and_draws_a_figure(tmp_path):
     data = simulate(SimulationConfig(**SMALL, probe="disc", photons=1e4, noise="poisson"))
-    recon = reconstruct(data, ReconstructOptions(device="cpu", tv="auto", iterations=20), progress=False)
+    recon = reconstruct(data, ReconstructOptions(refine="none", device="cpu", tv="auto", iterations=20), progress=False)
     write_reconstruction(tmp_path / "recon.h5", recon)
     back = read_reconstruction(tmp_path / "recon.h5")
     assert np.allclose(back.parameters["heldout_misfit"], recon.parameters["heldout_misfit"])
@@ -89,7 +89,7 @@ def test_too_few_heldout_frames_is_one_line_and_keeps_the_fixed_weights(caplog):
     # 6 angles x 16 frames: 5 % is 1 frame per angle, 6 in all (< MIN_HELDOUT_FRAMES).
     data = simulate(SimulationConfig(**{**SMALL, "n_angles": 6, "step": 4}))
     with caplog.at_level(logging.WARNING, logger="ptytomo"):
-        recon = reconstruct(data, ReconstructOptions(device="cpu", tv="auto", iterations=5), progress=False)
+        recon = reconstruct(data, ReconstructOptions(refine="none", device="cpu", tv="auto", iterations=5), progress=False)
     lines = [r.getMessage() for r in caplog.records if "--tv auto" in r.getMessage()]
     assert len(lines) == 1 and "keeping the fixed TV weights" in lines[0] and "\n" not in lines[0]
     assert lines[0] in recon.parameters["warnings"]
@@ -101,7 +101,7 @@ def test_a_path_without_a_finite_heldout_misfit_keeps_the_fixed_weights(monkeypa
 
     monkeypatch.setattr(heldout.HeldOutPath, "heldout_misfit", lambda self, u: float("nan"))
     data = simulate(SimulationConfig(**{**SMALL, "n_angles": 12}))
-    recon = reconstruct(data, ReconstructOptions(device="cpu", tv="auto", iterations=5), progress=False)
+    recon = reconstruct(data, ReconstructOptions(refine="none", device="cpu", tv="auto", iterations=5), progress=False)
     assert any("never finite" in line for line in recon.parameters["warnings"])
     assert recon.parameters["effective_tv_delta"] == 0.1
 
@@ -117,11 +117,11 @@ def test_holdout_frames_are_seeded_per_angle_and_skip_padding():
 
 def test_tv_auto_is_refused_where_there_is_no_tv_in_one_line():
     with pytest.raises(PtytomoError, match="--method ptycho has no TV prior"):
-        ReconstructOptions(method="ptycho", tv="auto").check()
+        ReconstructOptions(refine="none", method="ptycho", tv="auto").check()
     with pytest.raises(PtytomoError, match="--tomography fbp has no TV prior"):
-        ReconstructOptions(method="sequential", tomography="fbp", tv="auto").check()
+        ReconstructOptions(refine="none", method="sequential", tomography="fbp", tv="auto").check()
     with pytest.raises(PtytomoError, match="--tv 'sometimes'"):
-        ReconstructOptions(tv="sometimes").check()
+        ReconstructOptions(refine="none", tv="sometimes").check()
 
 
 def test_plateau_measures_the_change_against_the_decrease_so_far():
@@ -142,7 +142,7 @@ def test_poisson_on_a_focused_low_overlap_low_dose_case_moves_off_the_empty_volu
     (relative RMSE 1.0): the 1/L step of the Poisson gradient at u = 0 was hundreds of radians."""
     data = simulate(SimulationConfig(**{**SMALL, "probe_diameter": 15, "step": 6}, probe="focused", photons=1e5,
                                      noise="poisson"))
-    recon = reconstruct(data, ReconstructOptions(device="cpu", loss="poisson"), progress=False)
+    recon = reconstruct(data, ReconstructOptions(refine="none", device="cpu", loss="poisson"), progress=False)
     assert len(recon.history["cost"]) > 4
     assert recon.parameters["relative_rmse_delta"] < 0.6
 
@@ -162,7 +162,7 @@ def test_lbfgs_evaluations_per_iteration_stay_bounded_late_in_a_run():
     accepted steps cut 10 times (10-12 evaluations each for 15 iterations)."""
     torch.manual_seed(0)
     data = simulate(SimulationConfig(**SMALL, photons=1e4, noise="poisson"))
-    objective = build_objective(data, ReconstructOptions(device="cpu"))
+    objective = build_objective(data, ReconstructOptions(refine="none", device="cpu"))
     optimizer = make_optimizer("lbfgs", Regularised(objective, 0.01, 0.001, True))
     u = torch.zeros(objective.model.volume_shape, dtype=objective.model.complex_dtype)
     counts = []
@@ -188,5 +188,5 @@ def test_sequential_takes_the_weights_the_joint_path_chose():
 
 def test_evaluations_are_a_history_column():
     data = simulate(SimulationConfig(**{**SMALL, "n_angles": 8}))
-    recon = reconstruct(data, ReconstructOptions(device="cpu", iterations=5, tolerance=0), progress=False)
+    recon = reconstruct(data, ReconstructOptions(refine="none", device="cpu", iterations=5, tolerance=0), progress=False)
     assert len(recon.history["evaluations"]) == 5 and np.all(recon.history["evaluations"] >= 1)

@@ -109,7 +109,7 @@ BEAMLINE = ReconstructionShapes(n_angles=1000, n_positions=2000, detector_size=1
 
 
 def test_plan_grows_and_shrinks_as_it_should():
-    options = ReconstructOptions(device="cpu")
+    options = ReconstructOptions(refine="none", device="cpu")
     base = plan_reconstruction(BEAMLINE, options, stream="off", device=CPU)
     assert base.host["frames"] > 100 * GiB  # 1000 x 2000 frames of 128^2 float32: 122 GiB as read
     streamed = plan_reconstruction(BEAMLINE, options, stream="on", device=CPU)
@@ -127,7 +127,7 @@ def test_plan_grows_and_shrinks_as_it_should():
 
 
 def test_refusals_name_what_would_fit():
-    options = ReconstructOptions(device="cpu")
+    options = ReconstructOptions(refine="none", device="cpu")
     plan = plan_reconstruction(BEAMLINE, options, stream="off", device=CPU)
     # Room for everything but the frames held in memory: streaming fits.
     room = int((plan.host_bytes - plan.host["frames"] + 10 * GiB) / resources.FIT_FRACTION)
@@ -158,7 +158,7 @@ def test_refusals_name_what_would_fit():
 def test_gpu_runs_check_the_device_memory_too():
     cuda = torch.device("cuda")  # no GPU needed: the free bytes are given
     shapes = ReconstructionShapes(1000, 400, 64, (256, 256, 256))  # 6.1 GiB of float32 frames
-    options = ReconstructOptions()
+    options = ReconstructOptions(refine="none")
     plan = plan_reconstruction(shapes, options, stream="off", device=cuda)
     assert plan.device["volume state"] > 0 and plan.device["frames"] > 0 and "volume state" not in plan.host
     with pytest.raises(PtytomoError, match=r"of cuda memory \(volume state .* but 1 GiB is free; nothing fits"):

@@ -42,7 +42,7 @@ def random_u(shape, seed=1):
 
 @pytest.mark.parametrize("loss", ["amplitude", "intensity", "poisson"])
 def test_gradient_matches_autograd_and_finite_differences(tiny_noisy, loss):
-    objective = build_objective(tiny_noisy, ReconstructOptions(precision="float64", loss=loss))
+    objective = build_objective(tiny_noisy, ReconstructOptions(refine="none", precision="float64", loss=loss))
     model = objective.model
     u = random_u(model.volume_shape)
     cost, grad = objective.value_and_grad(u)
@@ -65,7 +65,7 @@ def test_gradient_matches_autograd_and_finite_differences(tiny_noisy, loss):
 
 
 def test_padding_and_dead_pixels_take_no_part(tiny_noisy):
-    objective = build_objective(tiny_noisy, ReconstructOptions(precision="float64"))
+    objective = build_objective(tiny_noisy, ReconstructOptions(refine="none", precision="float64"))
     u = random_u(objective.model.volume_shape)
     before = objective.value(u)
     objective.amplitudes[1, ::4] = 1e6  # invalid frames
@@ -74,7 +74,7 @@ def test_padding_and_dead_pixels_take_no_part(tiny_noisy):
 
 
 def test_tv_gradient_matches_finite_differences(tiny_noisy):
-    objective = build_objective(tiny_noisy, ReconstructOptions(precision="float64"))
+    objective = build_objective(tiny_noisy, ReconstructOptions(refine="none", precision="float64"))
     problem = Regularised(objective, tv_delta=0.3, tv_beta=0.7, nonnegative=False)
     u = random_u(objective.model.volume_shape)
     _, grad = problem.prior(u, need_grad=True)
@@ -86,7 +86,7 @@ def test_tv_gradient_matches_finite_differences(tiny_noisy):
 
 
 def test_normalisation_sets_the_lipschitz_constant(small):
-    objective = build_objective(small, ReconstructOptions(precision="float64"))
+    objective = build_objective(small, ReconstructOptions(refine="none", precision="float64"))
     assert objective.lipschitz_at_zero() * objective.scaling.cost == pytest.approx(TARGET_LIPSCHITZ, rel=1e-6)
     assert objective.scaling.to_u == pytest.approx(objective.model.k * small.geometry.voxel_size_m)
     # The truth fits noise-free data (no inverse crime) to float precision.
@@ -97,13 +97,13 @@ def test_normalisation_sets_the_lipschitz_constant(small):
 @pytest.mark.parametrize("loss", ["intensity", "poisson"])
 def test_every_loss_is_zero_at_a_perfect_fit(small, loss):
     """The Poisson cost is a deviance, so the tolerance's relative change is not diluted by a constant."""
-    objective = build_objective(small, ReconstructOptions(precision="float64", loss=loss))
+    objective = build_objective(small, ReconstructOptions(refine="none", precision="float64", loss=loss))
     truth = torch.from_numpy(small.truth).to(torch.complex128) * objective.scaling.to_u
     assert abs(objective.value(truth)) < 1e-9 * objective.value(torch.zeros_like(truth))
 
 
 def test_gd_follows_algorithm_1(small):
-    objective = build_objective(small, ReconstructOptions())
+    objective = build_objective(small, ReconstructOptions(refine="none"))
     optimizer = make_optimizer("gd", Regularised(objective, 0, 0, False), alpha0=0.01, eps=1e-3)
     u = torch.zeros(objective.model.volume_shape, dtype=torch.complex64)
     _, grad = objective.value_and_grad(u)
@@ -117,7 +117,7 @@ def test_gd_follows_algorithm_1(small):
 
 @pytest.mark.parametrize("name", ["gd", "fista", "lbfgs", "adam"])
 def test_every_optimizer_decreases_the_cost_and_the_error(small, name):
-    recon = reconstruct(small, ReconstructOptions(optimizer=name, iterations=12, tolerance=0), progress=False)
+    recon = reconstruct(small, ReconstructOptions(refine="none", optimizer=name, iterations=12, tolerance=0), progress=False)
     cost = recon.history["cost"]
     assert cost[-1] < 0.5 * cost[0]
     assert recon.history["rmse_delta"][-1] < recon.history["rmse_delta"][0]
@@ -125,7 +125,7 @@ def test_every_optimizer_decreases_the_cost_and_the_error(small, name):
 
 
 def test_nonnegativity_holds(small):
-    recon = reconstruct(small, ReconstructOptions(iterations=5, tolerance=0), progress=False)
+    recon = reconstruct(small, ReconstructOptions(refine="none", iterations=5, tolerance=0), progress=False)
     assert recon.volume.real.min() >= 0 and recon.volume.imag.min() >= 0
 
 
@@ -138,19 +138,19 @@ def test_noise_free_quality_n32_step4_90_angles():
     the test's run time down.
     """
     data = simulate(SimulationConfig(size=32, n_angles=90, step=4, detector_size=31), progress=False)
-    options = ReconstructOptions(iterations=40, tolerance=0, tv_delta=1e-3, tv_beta=1e-3)
+    options = ReconstructOptions(refine="none", iterations=40, tolerance=0, tv_delta=1e-3, tv_beta=1e-3)
     recon = reconstruct(data, options, progress=False)
     assert recon.parameters["relative_rmse_delta"] <= 0.03
     assert recon.parameters["relative_rmse_beta"] <= 0.10
 
 
 def test_resume_gives_the_uninterrupted_result(small, tmp_path):
-    straight = reconstruct(small, ReconstructOptions(iterations=6, tolerance=0), progress=False)
+    straight = reconstruct(small, ReconstructOptions(refine="none", iterations=6, tolerance=0), progress=False)
     checkpoint = tmp_path / "run.ckpt"
-    reconstruct(small, ReconstructOptions(iterations=3, tolerance=0, checkpoint=str(checkpoint), checkpoint_every=1),
+    reconstruct(small, ReconstructOptions(refine="none", iterations=3, tolerance=0, checkpoint=str(checkpoint), checkpoint_every=1),
                 progress=False)
     assert load_checkpoint(checkpoint)["iteration"] == 3
-    resumed = reconstruct(small, ReconstructOptions(iterations=6, tolerance=0, resume=str(checkpoint)), progress=False)
+    resumed = reconstruct(small, ReconstructOptions(refine="none", iterations=6, tolerance=0, resume=str(checkpoint)), progress=False)
     np.testing.assert_array_equal(resumed.volume, straight.volume)
     np.testing.assert_array_equal(resumed.history["cost"], straight.history["cost"])
     np.testing.assert_array_equal(resumed.history["iteration"], np.arange(1, 7))
@@ -173,7 +173,7 @@ class Interrupting:
 
 
 def test_ctrl_c_keeps_what_it_had(small, tmp_path):
-    objective = build_objective(small, ReconstructOptions())
+    objective = build_objective(small, ReconstructOptions(refine="none"))
     optimizer = Interrupting(make_optimizer("fista", Regularised(objective)), at=4)
     u0 = torch.zeros(objective.model.volume_shape, dtype=torch.complex64)
     result = iterate(optimizer, u0, 10, objective.scaling.to_u, checkpoint_path=tmp_path / "c.ckpt", progress=False)
@@ -184,7 +184,7 @@ def test_ctrl_c_keeps_what_it_had(small, tmp_path):
 
 
 def test_tolerance_stops_early(small):
-    recon = reconstruct(small, ReconstructOptions(optimizer="gd", iterations=200, tolerance=0.5), progress=False)
+    recon = reconstruct(small, ReconstructOptions(refine="none", optimizer="gd", iterations=200, tolerance=0.5), progress=False)
     assert recon.parameters["stopped_by"] == "tolerance"
     assert len(recon.history["iteration"]) < 200
 
@@ -197,7 +197,7 @@ def test_cli_reconstruct_and_bad_options(small, tmp_path, capsys):
     recon = read_reconstruction(out)
     assert recon.volume.shape == small.truth.shape
     assert len(recon.history["cost"]) == 3 and "rmse_beta" in recon.history
-    assert recon.parameters["optimizer"] == ReconstructOptions().optimizer
+    assert recon.parameters["optimizer"] == ReconstructOptions(refine="none").optimizer
     capsys.readouterr()
     assert main(["reconstruct", str(data_path), "-o", str(out), "--resume", str(tmp_path / "none.ckpt")]) == 2
     assert "checkpoint" in capsys.readouterr().err
@@ -230,7 +230,7 @@ def test_low_dose_gives_a_quiet_beta():
     data = simulate(SimulationConfig(size=32, n_angles=60, step=4, detector_size=31, photons=1e4,
                                      noise="poisson", oversample=2, seed=1), progress=False)
     assert beta_dose_factor(median_frame_counts(data)) == pytest.approx(10.0, rel=0.1)
-    quiet = reconstruct(data, ReconstructOptions(), progress=False)
+    quiet = reconstruct(data, ReconstructOptions(refine="none"), progress=False)
     assert quiet.parameters["relative_rmse_beta"] < 0.8
     assert quiet.parameters["effective_tv_beta"] == pytest.approx(0.01 * beta_dose_factor(median_frame_counts(data)))
 
@@ -280,11 +280,11 @@ def test_a_foreign_file_reconstructs_with_the_defaults(tmp_path):
         f.create_group("geometry").attrs.update(energy_kev=6.2, voxel_size_m=1e-8, volume_shape=[n, n, n])
     data = read_data(path)
     # The model honours every feature of the file: noise-free data are fitted exactly.
-    exact = reconstruct(data, ReconstructOptions(iterations=150, tv_delta=0, tv_beta=0), progress=False)
+    exact = reconstruct(data, ReconstructOptions(refine="none", iterations=150, tv_delta=0, tv_beta=0), progress=False)
     assert exact.parameters["relative_rmse_delta"] < 0.02
     assert exact.parameters["relative_rmse_beta"] < 0.02
     # The defaults (tuned for measured data) run on it as they are.
-    recon = reconstruct(data, ReconstructOptions(iterations=30), progress=False)
+    recon = reconstruct(data, ReconstructOptions(refine="none", iterations=30), progress=False)
     assert recon.parameters["relative_rmse_delta"] < 0.35
     assert recon.parameters["relative_rmse_beta"] < 1.0
     assert np.all(np.isfinite(recon.volume))

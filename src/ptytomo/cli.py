@@ -255,8 +255,8 @@ def _add_reconstruct(sub) -> None:
     p.add_argument("--rank-timeout", type=float, default=1800.0, metavar="SECONDS",
                    help="under torchrun: how long a rank waits for the others before the job fails")
     p.add_argument("--refine", default=d.refine,
-                   help="unknowns refined besides the volume: a comma list of probe, positions, shifts, scale, or none "
-                        "(default %(default)s)")
+                   help="unknowns refined besides the volume: a comma list of probe, positions, shifts, scale, none, "
+                        "or auto: probe,positions (none with --loss intensity) (default %(default)s)")
     p.add_argument("--probe-modes", type=int, default=d.probe_modes,
                    help="K incoherent probe modes (default: as many as the file's probe has)")
     p.add_argument("--probe-init", default=d.probe_init,
@@ -267,6 +267,9 @@ def _add_reconstruct(sub) -> None:
                    help="joint: probe steps per iteration, against the same volume (default %(default)s)")
     p.add_argument("--positions-start", type=int, default=d.positions_start,
                    help="first iteration (sweep) of position updates (default %(default)s)")
+    p.add_argument("--positions-wait", type=int, default=d.positions_wait,
+                   help="with the probe refined, positions start once its steps change it by < 0.1 %%, or at most "
+                        "this many iterations after --positions-start (default %(default)s; 0: do not wait)")
     p.add_argument("--max-position-correction", type=float, default=d.max_position_correction,
                    help="largest position correction in pixels (default %(default)g)")
     p.add_argument("--position-affine", action="store_true",
@@ -387,8 +390,9 @@ def run_demo(args) -> int:
     write_data(out / "data.h5", data)
     # The paper's data are noise-free and made with the reconstruction's own model, so they
     # are fitted exactly: a light prior (the defaults' TV is for measured data) serves best.
+    # The paper's setting, too, is a known probe at known positions: nothing to refine (--refine none).
     options = ReconstructOptions(iterations=args.iterations or iterations, tv_delta=1e-3, tv_beta=1e-3,
-                                 device=args.device)
+                                 refine="none", device=args.device)
     print(f"reconstructing jointly: {options.optimizer}, TV {options.tv_delta:g}/{options.tv_beta:g}, "
           f"up to {options.iterations} iterations")
     recon = reconstruct(data, options, progress=not args.quiet)

@@ -27,6 +27,7 @@ METHODS = ("joint", "sequential", "admm", "ptycho")
 # Defaults that depend on the method (0 in the options means "the method's default").
 # joint/sequential: optimiser iterations; admm: outer iterations (the paper ran 50);
 # ptycho: sweeps of 2D ptychography per angle (no volume).
+AUTO_REFINE = ("probe", "positions")  # --refine auto (the default); shifts and scale are asked for by name
 DEFAULT_ITERATIONS = {"joint": 100, "sequential": 100, "admm": 50, "ptycho": 300}
 # sequential: ptychography sweeps before the tomography; admm: sweeps per outer iteration.
 DEFAULT_PTYCHO_ITERATIONS = {"sequential": 300, "admm": 4}
@@ -76,12 +77,15 @@ class ReconstructOptions:
     resume: str = ""
     seed: int = 0
     # Refinement of the forward model's other unknowns (parameter groups, ptytomo.model):
-    refine: str = "none"  # comma list of ptytomo.model.GROUPS (probe, positions), or "none"
+    # comma list of ptytomo.model.GROUPS, "none", or "auto": probe,positions (measured data never come with
+    # an exact probe or exact positions), none with --loss intensity (no Gauss-Newton step for it)
+    refine: str = "auto"
     probe_modes: int = 0  # K incoherent modes; 0: as many as the file's probe has
     probe_init: str = "file"  # file | mean-pattern | disc:D | gaussian:D
     probe_start: int = 3  # first iteration (sweep for sequential, admm, ptycho) of probe updates
     probe_updates: int = 5  # joint: probe steps per iteration (the baselines take one per sweep)
     positions_start: int = 20  # first iteration (sweep) of position updates
+    positions_wait: int = 30  # with the probe refined: iterations more at most for it to settle first
     max_position_correction: float = 4.0  # pixels
     position_affine: bool = False  # constrain position corrections to one affine map of the scan
     shifts_start: int = 20  # first joint iteration of per-angle shift updates (model/shifts.py)
@@ -92,7 +96,10 @@ class ReconstructOptions:
         """The groups named by ``refine``, in their canonical order."""
         from .model import GROUPS
 
-        names = [] if self.refine.strip() in ("none", "") else [n.strip() for n in self.refine.split(",")]
+        text = self.refine.strip()
+        if text == "auto":
+            return list(AUTO_REFINE) if self.loss in PTYCHO_STEP else []
+        names = [] if text in ("none", "") else [n.strip() for n in text.split(",")]
         for name in names:
             if name not in GROUPS:
                 raise PtytomoError(f"--refine {self.refine!r}: unknown {name!r}; choose from "
@@ -145,7 +152,7 @@ class ReconstructOptions:
             raise PtytomoError(f"--max-shift must be a number > 0, got {self.max_shift}")
         if self.probe_updates < 1:
             raise PtytomoError(f"--probe-updates must be >= 1, got {self.probe_updates}")
-        for name in ("probe_modes", "probe_start", "positions_start", "shifts_start"):
+        for name in ("probe_modes", "probe_start", "positions_start", "positions_wait", "shifts_start"):
             if getattr(self, name) < 0:
                 raise PtytomoError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if not (math.isfinite(self.max_position_correction) and self.max_position_correction > 0):
@@ -244,7 +251,7 @@ def make_groups(objective: JointObjective, options: ReconstructOptions, comm: Co
         groups.append(ProbeGroup(model, ProbeOptions(enabled=True, start=options.probe_start,
                                                      updates=options.probe_updates)))
     if "positions" in refined:
-        position_options = PositionOptions(enabled=True, start=options.positions_start,
+        position_options = PositionOptions(enabled=True, start=options.positions_start, wait=options.positions_wait,
                                            max_correction=options.max_position_correction,
                                            affine=options.position_affine,
                                            # with per-angle shifts refined, each angle's common offset is theirs
@@ -259,6 +266,10 @@ def make_groups(objective: JointObjective, options: ReconstructOptions, comm: Co
     if "scale" in refined:
         groups.append(ScaleGroup(model, ScaleOptions(enabled=True), gather=lambda t: gather_angles(comm, t),
                                  share=lambda t: share_of(comm, t, model.recorded_positions)))
+    probe = next((g for g in groups if g.name == "probe"), None)
+    for group in groups:
+        if group.name in ("positions", "shifts"):  # windows registered against a wrong probe drift
+            group.waits_for = probe
     return groups
 
 
@@ -386,7 +397,8 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
         parameters.update(summary, angle_shift_summary=line)
         if comm.is_main:
             log.info(line)
-    parameters.update(probe_notes=probe_notes or ["none"], probe_modes_used=int(model.probe.shape[0]))
+    parameters.update(probe_notes=probe_notes or ["none"], probe_modes_used=int(model.probe.shape[0]),
+                      refined=",".join(options.refined()) or "none")
     return Reconstruction(volume=volume, method=options.method, parameters=parameters, history=history,
                           geometry=data.geometry, **refined)
 

@@ -215,8 +215,7 @@ def effective_angle_batch(shapes: ReconstructionShapes, options, n_angles: int, 
 
 def _refines_frames(options) -> bool:
     """Probe or position refinement keeps about one more set of frames (their gradients) per batch."""
-    refine = str(getattr(options, "refine", "none") or "none")
-    return any(name.strip() in ("probe", "positions") for name in refine.split(","))
+    return any(name in ("probe", "positions") for name in options.refined())
 
 
 def plan_reconstruction(shapes: ReconstructionShapes, options, ranks: int = 1, stream: str = "auto",

@@ -33,6 +33,7 @@ class GroupOptions:
     every: int = 1  # move every N iterations from ``start`` on
     step: float = 1.0  # fraction of the Gauss-Newton step
     updates: int = 1  # steps per active iteration of the joint method (the extra ones against the same volume)
+    wait: int = 0  # with a group to wait for (``ParameterGroup.waits_for``): at most this many iterations more
 
 
 class ParameterGroup:
@@ -43,10 +44,31 @@ class ParameterGroup:
     def __init__(self, model, options: GroupOptions):
         self.model = model
         self.options = options
+        # A group that must not move before another has settled (positions wait for the probe: a probe
+        # far from the truth leaves residuals the windows would chase) is told so by its builder.
+        self.waits_for: ParameterGroup | None = None
+        self.released_at: int | None = None  # the iteration at which the group first moved
+
+    @property
+    def settled(self) -> bool:
+        """Whether the group's latest steps have stopped changing it (groups that can tell override)."""
+        return True
 
     def active(self, iteration: int) -> bool:
+        """Whether the group moves at ``iteration``: from ``start`` on, once the group it waits for has
+        settled or ``wait`` iterations have passed, then every ``every`` iterations."""
         o = self.options
-        return o.enabled and iteration >= o.start and (iteration - o.start) % max(o.every, 1) == 0
+        if not o.enabled or iteration < o.start:
+            return False
+        if self.released_at is None:
+            if self.waits_for is not None and not self.waits_for.settled and iteration < o.start + o.wait:
+                return False
+            self.released_at = iteration
+        return (iteration - self.released_at) % max(o.every, 1) == 0
+
+    def started(self) -> bool:
+        """Whether the group has begun to move (the tolerance may not end a run before)."""
+        return self.released_at is not None or not self.options.enabled
 
     # -- one evaluation: begin, accumulate per angle batch, finish (sum over ranks)
     def begin(self) -> None:
@@ -106,7 +128,9 @@ class RefiningStepper:
         probe needs on the order of a hundred steps (docs/refinement.md), the volume far fewer, and
         an evaluation without the volume's gradient costs about half of one with it."""
         for done in range(1, max(g.options.updates for g in active)):
-            listening = [g for g in active if g.options.updates > done]
+            listening = [g for g in active if g.options.updates > done and not g.settled]
+            if not listening:  # the groups have stopped changing: further steps would cost for nothing
+                return
             with self.objective.listening(listening):
                 self.objective.value_and_grad(u, need_grad=False)
             for group in listening:
@@ -115,14 +139,23 @@ class RefiningStepper:
     @property
     def may_stop(self) -> bool:
         """The tolerance may end the run only once every group has started to move."""
-        return all(self.iteration >= g.options.start for g in self.groups)
+        return all(g.started() for g in self.groups)
 
     def state_dict(self) -> dict:
-        return {"iteration": self.iteration, "volume": self.volume.state_dict(),
-                "groups": {g.name: g.state_dict() for g in self.groups}}
+        return {"iteration": self.iteration, "volume": self.volume.state_dict(), "groups": group_states(self.groups)}
 
     def load_state_dict(self, state: dict) -> None:
         self.iteration = int(state["iteration"])
         self.volume.load_state_dict(state["volume"])
-        for group in self.groups:
-            group.load_state_dict(state["groups"][group.name])
+        load_group_states(self.groups, state["groups"])
+
+
+def group_states(groups: list[ParameterGroup]) -> dict:
+    """Every group's checkpoint state, with the iteration its schedule released it at."""
+    return {g.name: {"state": g.state_dict(), "released_at": g.released_at} for g in groups}
+
+
+def load_group_states(groups: list[ParameterGroup], states: dict) -> None:
+    for group in groups:
+        group.load_state_dict(states[group.name]["state"])
+        group.released_at = states[group.name]["released_at"]

@@ -44,11 +44,19 @@ from .groups import GroupOptions, ParameterGroup
 # curvature over the windows: a window over little structure (free space, the sample's edge)
 # carries little position information and must not be moved by its noise.
 CURVATURE_DAMPING = 0.1
+# The grid search moves a window only where an offset fits it this much better (a fraction of its
+# cost where it is): over free space every offset fits about as well, and the winner would be the
+# model error's.  (On the 16^3 case of docs/refinement.md it changed nothing measurable: the drift of
+# the free-space windows there came from the gauge removal, which follow_angle_mean answers.)
+SEARCH_MARGIN = 0.1
+# A window whose Gauss-Newton curvature is below this fraction of the median is unmeasured.
+UNMEASURED = 0.05
 
 
 @dataclass
 class PositionOptions(GroupOptions):
     start: int = 20  # positions need an object with structure to register against
+    wait: int = 30  # iterations more at most for the probe to settle (docs/refinement.md, "Schedule")
     step: float = 1.0
     max_step: float = 0.5  # pixels per update
     max_correction: float = 4.0  # pixels in all
@@ -104,15 +112,19 @@ class PositionsGroup(ParameterGroup):
         positions = self.model.positions[residual.angles]
         valid = None if self.model.valid is None else self.model.valid[residual.angles]
         best_cost = best = None
+        moves = torch.ones(positions.shape[:2], dtype=positions.dtype) if valid is None else valid.to(positions.dtype)
+        moves = moves.to(positions.device)[..., None]  # padding entries stay where they are (inside the plane)
         for offset in self.offsets():
-            trial = Ptychography(positions + offset, self.model.probe, self.model.padded_shape, valid, pruned=False)
+            trial = Ptychography(positions + offset.to(positions.device) * moves, self.model.probe,
+                                 self.model.padded_shape, valid, pruned=False)
             fields = trial.forward(residual.transmission)
             cost, _ = detector_residual(residual.loss, fields, residual.measured, residual.weight, per_frame=True)
             cost = cost.to(torch.float64).cpu()
             if best_cost is None:
                 best_cost, best = cost, torch.zeros((*cost.shape, 2), dtype=torch.float64)
+                bar = (1 - SEARCH_MARGIN) * cost
             else:
-                better = cost < best_cost
+                better = (cost < best_cost) & (cost < bar)
                 best_cost = torch.where(better, cost, best_cost)
                 best[better] = offset
         return best
@@ -135,6 +147,7 @@ class PositionsGroup(ParameterGroup):
         else:
             corrections = remove_translation_gauge(corrections, self.valid, self.model.angles, information,
                                                    self.gather, self.share)
+        corrections = follow_angle_mean(corrections, self.valid, information)
         corrections = corrections.clamp(-o.max_correction, o.max_correction)
         self.set(corrections)
         self.diagnostics = {"position_correction_rms": rms(corrections[self.valid])}
@@ -155,19 +168,34 @@ class PositionsGroup(ParameterGroup):
         self.set(self.share(state["corrections"]).to(torch.float64).cpu())
 
 
-def remove_angle_means(corrections: torch.Tensor, valid: torch.Tensor, information=None) -> torch.Tensor:
-    """Each angle's valid corrections minus their mean (the rigid part belongs to alignment).
-
-    ``information`` (A, J) weights the mean: windows over structure measure the rigid part,
-    those over free space (whose corrections are unmeasured) must not drag it."""
+def angle_means(corrections: torch.Tensor, valid: torch.Tensor, information=None) -> torch.Tensor:
+    """(A, 1, 2) each angle's mean valid correction, weighted by ``information`` (A, J): windows over
+    structure measure the rigid part, those over free space (whose corrections are unmeasured) must
+    not drag it."""
     weight = valid.to(corrections.dtype)
     if information is not None:
         weight = weight * information.to(corrections.dtype).clamp_min(0)
         empty = weight.sum(dim=1, keepdim=True) <= 0
         weight = torch.where(empty, valid.to(corrections.dtype), weight)
     weight = weight[..., None]
-    mean = (corrections * weight).sum(dim=1, keepdim=True) / weight.sum(dim=1, keepdim=True).clamp_min(1e-30)
-    return (corrections - mean) * valid[..., None]
+    return (corrections * weight).sum(dim=1, keepdim=True) / weight.sum(dim=1, keepdim=True).clamp_min(1e-30)
+
+
+def remove_angle_means(corrections: torch.Tensor, valid: torch.Tensor, information=None) -> torch.Tensor:
+    """Each angle's valid corrections minus their mean (the rigid part belongs to alignment)."""
+    return (corrections - angle_means(corrections, valid, information)) * valid[..., None]
+
+
+def follow_angle_mean(corrections: torch.Tensor, valid: torch.Tensor, information: torch.Tensor) -> torch.Tensor:
+    """Windows that carry almost no position information (over free space) take their angle's mean
+    correction instead of their own.  Their own steps are noise, and every gauge removal moves them as
+    well, so left alone they random-walk (measured: to 1 px rms from 0.7 px of true error)."""
+    measured = information[valid]
+    if not measured.numel():
+        return corrections
+    unmeasured = valid & (information < UNMEASURED * measured.median())
+    means = angle_means(corrections, valid, information).expand_as(corrections)
+    return torch.where(unmeasured[..., None], means, corrections)
 
 
 def remove_translation_gauge(corrections: torch.Tensor, valid: torch.Tensor, angles, information=None,

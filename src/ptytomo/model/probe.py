@@ -41,6 +41,7 @@ PROBE_INITS = ("file", "mean-pattern", "disc", "gaussian")
 class ProbeOptions(GroupOptions):
     start: int = 3  # the volume first takes a few steps: an empty object lets the probe absorb the data
     updates: int = 5  # per joint iteration; measured: probe error 0.21 -> 0.013 in 60 iterations (docs/refinement.md)
+    settled: float = 1e-3  # relative change per update below which the probe counts as settled
 
 
 class ProbeGroup(ParameterGroup):
@@ -50,6 +51,7 @@ class ProbeGroup(ParameterGroup):
         super().__init__(model, options)
         self.grad = None
         self.curvature = None
+        self.change = math.inf  # relative change of the modes at the latest update
         self.diagnostics: dict[str, float] = {}
 
     def begin(self) -> None:
@@ -69,15 +71,22 @@ class ProbeGroup(ParameterGroup):
         denominator = (1 - PROBE_FLOOR) * self.curvature + PROBE_FLOOR * self.curvature.max().clamp_min(1e-30)
         probe = self.model.probe - self.options.step * self.grad / denominator
         probe = orthogonal_modes(probe)
+        self.change = float(torch.linalg.vector_norm(probe - self.model.probe)
+                            / torch.linalg.vector_norm(self.model.probe).clamp_min(1e-30))
         self.model.set_probe(probe)
         powers = (probe.abs() ** 2).sum(dim=(-2, -1))
-        self.diagnostics = {"probe_mode0_power_fraction": float(powers[0] / powers.sum())}
+        self.diagnostics = {"probe_mode0_power_fraction": float(powers[0] / powers.sum()), "probe_change": self.change}
+
+    @property
+    def settled(self) -> bool:
+        return self.change < self.options.settled
 
     def state_dict(self) -> dict:
-        return {"probe": self.model.probe.cpu()}
+        return {"probe": self.model.probe.cpu(), "change": self.change}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.set_probe(state["probe"])
+        self.change = float(state["change"])
 
 
 def orthogonal_modes(probe: torch.Tensor) -> torch.Tensor:

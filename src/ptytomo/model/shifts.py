@@ -45,6 +45,7 @@ class ShiftOptions(GroupOptions):
     step: float = 1.0  # of the Gauss-Newton step: 1.0 overshoots while the volume still changes (measured)
     max_step: float = 1.0  # pixels per update: the gradient is only trusted within the probe's reach
     max_shift: float = 10.0  # pixels, per coordinate (the model's padding leaves room for it)
+    wait: int = 30  # iterations more at most for the probe to settle, as the positions
 
 
 class ShiftsGroup(ParameterGroup):

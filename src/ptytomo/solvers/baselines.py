@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..distributed import SOLO, Comm, partition
+from ..model.groups import group_states, load_group_states
 from .run import Plateau
 from .subproblems import PtychographyRetrieval, TomographyObjective
 
@@ -70,7 +71,7 @@ class Sequential:
                 cost = self.retrieval.sweep(psi, step=self.step_size, groups=self.groups, index=sweep)
                 bar.set_postfix(cost=f"{cost:.4g}")
                 bar.update()
-                if plateau.reached(cost) and all(sweep >= g.options.start for g in self.groups):
+                if plateau.reached(cost) and all(g.started() for g in self.groups):
                     break
         self.ptycho_cost = cost
         self.tomography.target = self.retrieval.projections(psi)
@@ -88,11 +89,10 @@ class Sequential:
     def state_dict(self) -> dict:
         return {"projections": gather_angles(self.comm, self.tomography.target), "ptycho_cost": self.ptycho_cost,
                 "inner": None if self.inner is None else self.inner.state_dict(),
-                "groups": {g.name: g.state_dict() for g in self.groups}}
+                "groups": group_states(self.groups)}
 
     def load_state_dict(self, state: dict) -> None:
-        for group in self.groups:
-            group.load_state_dict(state["groups"][group.name])
+        load_group_states(self.groups, state["groups"])
         self.retrieval.refresh_illumination()
         self.ptycho_cost = state["ptycho_cost"]
         self.tomography.target = share_of(self.comm, state["projections"], self.retrieval.lit)
@@ -163,7 +163,7 @@ class Admm:
     @property
     def may_stop(self) -> bool:
         """The tolerance may end the run only once every refined group has started to move."""
-        return all(self.sweeps >= g.options.start for g in self.groups)
+        return all(g.started() for g in self.groups)
 
     # Per-angle state and its value on the free-space padding, which each rank sizes from its own
     # scan positions: checkpoints keep the volume's projection box, the same shape on every rank.
@@ -173,14 +173,13 @@ class Admm:
         state = {k: gather_angles(self.comm, self.model.crop(v)) if k in self.PER_ANGLE else v
                  for k, v in self.state.items()}
         return {**state, "inner": self.inner.state_dict(), "sweeps": self.sweeps,
-                "groups": {g.name: g.state_dict() for g in self.groups}}
+                "groups": group_states(self.groups)}
 
     def load_state_dict(self, state: dict) -> None:
         state = dict(state)
         self.inner.load_state_dict(state.pop("inner"))
         self.sweeps = int(state.pop("sweeps"))
-        for group in self.groups:
-            group.load_state_dict(state["groups"][group.name])
+        load_group_states(self.groups, state["groups"])
         state.pop("groups")
         self.retrieval.refresh_illumination()
         like = self.state["psi"]
@@ -213,7 +212,7 @@ class Ptycho:
     @property
     def may_stop(self) -> bool:
         """The tolerance may end the run only once every refined group has started to move."""
-        return all(self.sweeps >= g.options.start for g in self.groups)
+        return all(g.started() for g in self.groups)
 
     def transmissions(self) -> torch.Tensor:
         """Every angle's transmission on the volume's projection box (A, Nz, Nu), all ranks' angles."""
@@ -221,11 +220,10 @@ class Ptycho:
 
     def state_dict(self) -> dict:
         return {"psi": self.transmissions(), "sweeps": self.sweeps,
-                "groups": {g.name: g.state_dict() for g in self.groups}}
+                "groups": group_states(self.groups)}
 
     def load_state_dict(self, state: dict) -> None:
-        for group in self.groups:
-            group.load_state_dict(state["groups"][group.name])
+        load_group_states(self.groups, state["groups"])
         self.retrieval.refresh_illumination()
         self.sweeps = int(state["sweeps"])
         model = self.retrieval.model
