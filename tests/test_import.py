@@ -312,6 +312,23 @@ def test_conjugate_auto_detects_the_convention(tmp_path, original, conjugated, c
     np.testing.assert_allclose(imported.probe, original.probe, atol=1e-6 * np.abs(original.probe).max())
 
 
+
+def test_an_undecided_sign_is_said_in_one_warning(tmp_path, original, monkeypatch, caplog):
+    """A correlation too weak to decide keeps the frames, and says so (a silent wrong sign conjugates
+    every volume made from the file)."""
+    from ptytomo.io import series
+
+    monkeypatch.setattr(series, "phase_absorption_correlation", lambda *args, **kwargs: 0.03)
+    inputs = write_cxi(str(tmp_path), original, nexus=True)
+    with caplog.at_level("WARNING", logger="ptytomo"):
+        record = import_series(tmp_path / "auto.h5", inputs,
+                               ImportOptions(flip=("ud",), volume_shape=original.geometry.volume_shape,
+                                             conjugate="auto", device="cpu"), progress=False)
+    assert record["conjugated"] is False
+    (line,) = [r.getMessage() for r in caplog.records if "--conjugate auto could not decide" in r.getMessage()]
+    assert "+0.03" in line and "--conjugate yes" in line and "\n" not in line
+
+
 # --------------------------------------------------------------------------
 # Mapping files
 # --------------------------------------------------------------------------

@@ -21,6 +21,8 @@ Everything derived is recorded as attributes of ``/import`` (docs/import.md).
 
 from __future__ import annotations
 
+import logging
+
 import math
 import os
 from dataclasses import dataclass, field
@@ -619,6 +621,12 @@ def decide_conjugation(open_scan, inputs, headers, options, pipeline, probe_in, 
     correlation = phase_absorption_correlation(frames, corners[middle, :n], float(angles[middle]), probe, geometry,
                                                mask if not mask.all() else None, options.conjugate_sweeps,
                                                options.device)
+    if abs(correlation) <= UNDECIDED:
+        # Kept silently, a wrong sign gives a conjugated volume (negative phase) from every method.
+        logging.getLogger("ptytomo").warning(
+            f"--conjugate auto could not decide the sign convention (phase/absorption correlation "
+            f"{correlation:+.2f}, a probe guess too far off?): frames kept as they are; check one angle with "
+            f"--method ptycho, and import again with --conjugate yes if its phase comes out negative")
     return correlation < -UNDECIDED, correlation
 
 
