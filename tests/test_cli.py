@@ -157,6 +157,18 @@ def test_info_accepts_the_good_file(good_file, capsys):
     assert "3, from 0.00 to 240.00 deg" in out
 
 
+def test_info_warns_of_a_probe_in_other_units(good_file, capsys, tiny_data):
+    """The issue's measured file carried a probe 9,000x weaker than its frames, and info said nothing."""
+    code, out, _ = run(capsys, "info", good_file)
+    assert code == 0 and "warning" not in out  # the simulator's probe and frames agree
+    _edit(good_file, "probe", tiny_data.probe / 100.0)  # 1e4x less power
+    code, out, _ = run(capsys, "info", good_file)
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("warning")]
+    assert code == 0 and "rescales the probe" in line and "x)" in line
+    ratio = float(line.split("(")[1].split("x)")[0])
+    assert 5e3 < ratio < 2e4  # brightest frames against the probe: about 1e4
+
+
 def test_info_nan_intensities(good_file, capsys, tiny_data):
     bad = tiny_data.intensities.copy()
     bad[1, 2, 3, 4] = np.nan
