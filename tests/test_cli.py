@@ -164,7 +164,7 @@ def test_info_warns_of_a_probe_in_other_units(good_file, capsys, tiny_data):
     _edit(good_file, "probe", tiny_data.probe / 100.0)  # 1e4x less power
     code, out, _ = run(capsys, "info", good_file)
     (line,) = [ln for ln in out.splitlines() if ln.startswith("warning")]
-    assert code == 0 and "rescales the probe" in line and "x)" in line
+    assert code == 0 and "rescaled to them by reconstruct" in line and "x)" in line
     ratio = float(line.split("(")[1].split("x)")[0])
     assert 5e3 < ratio < 2e4  # brightest frames against the probe: about 1e4
 

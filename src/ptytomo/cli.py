@@ -130,26 +130,24 @@ def describe(data) -> str:
     ]
     if sim:
         lines.append("simulation    " + ", ".join(f"{k}={sim[k]}" for k in ("phantom", "noise", "oversample") if k in sim))
-    lines.extend(probe_power_note(probe_photons(data.probe), per_frame))
+    lines.extend(probe_power_note(data.probe_modes, per_frame))
     return "\n".join(lines)
 
 
-def probe_power_note(probe_counts: float, frame_sums) -> list[str]:
+def probe_power_note(probe_modes, frame_sums) -> list[str]:
     """A warning line when the file's probe and the frames disagree on the counts by more than the
-    reconstruction tolerates unrescaled (model.probe.POWER_TOLERANCE): a probe in other units, or of
-    another scan."""
+    reconstruction tolerates unrescaled: the same check (model.probe.rescale_to_counts) on the same
+    statistic (the 95th percentile of the frame sums) as ``reconstruct``; a probe in other units, or
+    of another scan."""
     import numpy as np
 
-    from .model.probe import POWER_TOLERANCE
+    from .model.probe import rescale_to_counts
 
-    through_free_space = float(np.percentile(frame_sums, 95)) if np.size(frame_sums) else 0.0
-    if probe_counts <= 0 or through_free_space <= 0:
-        return []
-    ratio = through_free_space / probe_counts
-    if 1 / POWER_TOLERANCE <= ratio <= POWER_TOLERANCE:
-        return []
-    return [f"warning       the probe carries {probe_counts:.3g} counts per frame, the brightest frames "
-            f"{through_free_space:.3g} ({ratio:.3g}x): reconstruct rescales the probe to the frames"]
+    notes: list[str] = []
+    if np.size(frame_sums):
+        rescale_to_counts(np.asarray(probe_modes, dtype=np.complex128), float(np.percentile(frame_sums, 95)), notes,
+                          rescale_always=False)
+    return [f"warning       {note} by reconstruct" for note in notes]
 
 
 def run_info(args) -> int:
