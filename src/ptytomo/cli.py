@@ -141,12 +141,11 @@ def probe_power_note(probe_modes, frame_sums) -> list[str]:
     of another scan."""
     import numpy as np
 
-    from .model.probe import rescale_to_counts
+    from .model.probe import free_space_counts, rescale_to_counts
 
     notes: list[str] = []
-    if np.size(frame_sums):
-        rescale_to_counts(np.asarray(probe_modes, dtype=np.complex128), float(np.percentile(frame_sums, 95)), notes,
-                          rescale_always=False)
+    rescale_to_counts(np.asarray(probe_modes, dtype=np.complex128), free_space_counts(frame_sums), notes,
+                      rescale_always=False)
     return [f"warning       {note} by reconstruct" for note in notes]
 
 

@@ -162,8 +162,12 @@ def frame_power(data, comm) -> float:
     valid frames' sums (frames through the sample are darker; the brightest few may be outliers)."""
     from ..stream import frame_sums
 
-    sums = comm.gather(frame_sums(data))
-    return float(np.percentile(sums, 95)) if sums.size else 0.0
+    return free_space_counts(comm.gather(frame_sums(data)))
+
+
+def free_space_counts(sums) -> float:
+    """The counts of a frame through free space from frame sums: their 95th percentile (0 without any)."""
+    return float(np.percentile(sums, 95)) if np.size(sums) else 0.0
 
 
 def rescale_to_counts(modes: np.ndarray, counts: float, notes: list[str], rescale_always: bool) -> np.ndarray:
