@@ -82,6 +82,15 @@ class StarConfig:
         return self.beam_diameter * self.detector
 
     @property
+    def defocus_m(self) -> float:
+        """Distance from the zone plate's focus to the sample that the pupil's defocus phase
+        ``pi s / M rho^2`` (see :func:`pupil`) stands for, positive when the sample is downstream: with
+        this file's physics sign (``exp(+i k z)`` waves) free space multiplies the angular spectrum by
+        ``exp(-i pi lambda z f^2)``, ``f = rho / (M d)``, so ``z = -s M d^2 / lambda`` (a converging beam)."""
+        s = 0.5 * self.beam_px / (self.pupil_radius * self.detector)
+        return -s * self.detector * self.object_pixel_m**2 / self.wavelength_m
+
+    @property
     def spiral_c(self) -> float:
         """Fermat spiral r_k = c sqrt(k + 1/2): each point has area pi c^2, mean spacing about c sqrt(pi)."""
         return self.step * self.beam_px / np.sqrt(np.pi)

@@ -12,11 +12,13 @@ pixel and sign given, as a user who knows the detector states them) and
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 import siemens_star_sim as sim
 from ptytomo.io import read_data
 from ptytomo.io.series import ImportOptions, import_series
+from ptytomo.model.probe import initial_probe
 from ptytomo.reconstruct import ReconstructOptions, reconstruct
 
 CONFIG = sim.StarConfig(detector=32, frames=100, spokes=16)
@@ -64,9 +66,10 @@ def test_refinement_recovers_star_probe_and_positions(star):
     probe_corr, stop = scorer.probe(refined.probe)
     assert probe_corr > file_corr + 0.2 and probe_corr > 0.9, (file_corr, probe_corr)
     assert stop < 0.3 < file_stop, (file_stop, stop)
-    # Stage errors (0.48 px rms per coordinate) come down (measured 0.20 px after 60 sweeps).
+    # Stage errors (0.48 px rms per coordinate) come down: measured 0.16 px after 60 sweeps (0.20 px with
+    # --position-scale free: the scan's scale drifts with the probe's curvature).
     nominal, corrected = sim.position_error(scan, data.positions[0], refined.positions[0])
-    assert corrected < 0.6 * nominal, (nominal, corrected)
+    assert corrected < 0.45 * nominal, (nominal, corrected)
 
 
 def test_zero_frequency_behind_a_central_stop_is_found(star, tmp_path):
@@ -77,3 +80,35 @@ def test_zero_frequency_behind_a_central_stop_is_found(star, tmp_path):
     record = import_series(tmp_path / "auto.h5", [str(cxi)], ImportOptions(angles_file=str(angles), conjugate="no"),
                            progress=False)
     assert (record["dc_row"], record["dc_col"]) == (0, 0)
+
+
+def complex_overlap(a, b, max_shift: int = 3) -> float:
+    """|<a, b>| / (|a| |b|) at the best small integer shift of b (the probe may sit a pixel off)."""
+    best = 0.0
+    for dr in range(-max_shift, max_shift + 1):
+        for dc in range(-max_shift, max_shift + 1):
+            rolled = np.roll(b, (dr, dc), axis=(0, 1))
+            best = max(best, abs(np.vdot(a, rolled)) / (np.linalg.norm(a) * np.linalg.norm(rolled)))
+    return best
+
+
+def test_the_mean_pattern_propagated_by_the_defocus_is_the_zone_plate_beam(star):
+    """--probe-init mean-pattern --probe-defocus Z against the independent simulator's zone plate: the
+    sign of FORMAT.md's Fresnel propagator (model.probe.propagate) checked on data ptytomo did not make,
+    after the importer's conjugation of the physics-sign frames."""
+    _, data, scorer, _, _ = star
+    true = scorer.true_probe[0]
+    focus, _ = initial_probe(data, "mean-pattern", 1)
+    right, notes = initial_probe(data, "mean-pattern", 1, defocus_m=CONFIG.defocus_m)
+    wrong, _ = initial_probe(data, "mean-pattern", 1, defocus_m=-CONFIG.defocus_m)
+    assert any("--probe-defocus" in note for note in notes)
+    # The guess sits in the window's centre, like the probe it stands for (it used to be split over the
+    # window's corners).
+    intensity = np.abs(focus[0]) ** 2
+    u = np.arange(CONFIG.detector)
+    centre = (intensity.sum(1) @ u / intensity.sum(), intensity.sum(0) @ u / intensity.sum())
+    assert np.allclose(centre, (CONFIG.detector - 1) / 2, atol=1.0), centre
+    # Measured 0.82 with the right sign, 0.11 with the other, 0.40 in focus (64 px benchmark case: 0.82,
+    # 0.09, 0.15).
+    overlaps = [complex_overlap(true, p[0]) for p in (right, wrong, focus)]
+    assert overlaps[0] > 0.7 and overlaps[1] < 0.3 and overlaps[2] < 0.55, overlaps

@@ -222,7 +222,7 @@ def run_import(args) -> int:
 
 def _add_reconstruct(sub) -> None:
     from .objective import LOSSES
-    from .reconstruct import METHODS, ReconstructOptions
+    from .reconstruct import METHODS, POSITION_SCALES, ReconstructOptions
     from .solvers import OPTIMIZERS
 
     d = ReconstructOptions()
@@ -277,6 +277,10 @@ def _add_reconstruct(sub) -> None:
                    help="K incoherent probe modes (default: as many as the file's probe has)")
     p.add_argument("--probe-init", default=d.probe_init,
                    help="initial probe: file, mean-pattern, disc:D or gaussian:D (D in pixels; default %(default)s)")
+    p.add_argument("--probe-defocus", type=float, default=d.probe_defocus, metavar="METRES",
+                   help="propagate the initial probe by this distance, > 0 when the sample is downstream of the "
+                        "focus (with --probe-init mean-pattern: a zone plate's defocused beam; write a negative distance as "
+                        "--probe-defocus=-1.3e-4; default %(default)g)")
     p.add_argument("--probe-start", type=int, default=d.probe_start,
                    help="first iteration (sweep for sequential, admm, ptycho) of probe updates (default %(default)s)")
     p.add_argument("--probe-updates", type=int, default=d.probe_updates,
@@ -290,6 +294,10 @@ def _add_reconstruct(sub) -> None:
                    help="largest position correction in pixels (default %(default)g)")
     p.add_argument("--position-affine", action="store_true",
                    help="constrain position corrections to one affine map of the scan (scale, rotation, shear)")
+    p.add_argument("--position-scale", default=d.position_scale, choices=POSITION_SCALES,
+                   help="the position corrections' scale of the scan (rows, columns): pinned, free, or auto: pinned "
+                        "when the probe is refined (its curvature trades with the scale) unless --position-affine "
+                        "(default %(default)s)")
     p.add_argument("--shifts-start", type=int, default=d.shifts_start,
                    help="--refine shifts: first joint iteration of per-angle shift updates (default %(default)s)")
     p.add_argument("--max-shift", type=float, default=d.max_shift, metavar="PX",

@@ -48,6 +48,7 @@ def fit_quality(misfit_counts: float, data, loss: str, comm: Comm = SOLO) -> tup
     if ratio > BAD_FIT_RATIO:
         warning = (f"the final misfit is {ratio:.3g}x what photon noise alone would leave: the model does not "
                    "explain the data; likely causes: the probe (try --refine probe, --probe-modes 3, "
-                   "--probe-init mean-pattern), the scan positions (--refine probe,positions), misaligned projections, or frames in the other sign convention "
+                   "--probe-init mean-pattern with --probe-defocus for a defocused zone plate), the scan positions "
+                   "(--refine probe,positions), misaligned projections, or frames in the other sign convention "
                    "(ptytomo import --conjugate)")
     return record, warning

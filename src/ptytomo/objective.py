@@ -16,7 +16,7 @@ classical ``1/L`` step, whatever the data size, probe intensity or voxel size.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -100,6 +100,15 @@ class BatchResidual:
     measured: torch.Tensor  # the batch's measured amplitudes (probe-normalised)
     weight: torch.Tensor | None  # detector mask x valid flags
     loss: str
+    _position_gradient: tuple | None = field(default=None, repr=False)
+
+    def position_gradient(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(grad (B, J, 2), Gauss-Newton matrices (B, J, 2, 2)) of the cost with respect to every window's
+        position (:meth:`Ptychography.position_gradient`), computed once: the positions and the
+        per-angle shifts (their sums over each angle) both start from it."""
+        if self._position_gradient is None:
+            self._position_gradient = self.ptychography.position_gradient(self.transmission, self.back, self.fields)
+        return self._position_gradient
 
 
 def with_mode_axis(weight, field: torch.Tensor):

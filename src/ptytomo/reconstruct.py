@@ -34,6 +34,7 @@ DEFAULT_PTYCHO_ITERATIONS = {"sequential": 300, "admm": 4}
 TOMOGRAPHY_SOLVERS = ("iterative", "fbp")
 RHO_UPDATES = ("fixed", "balance")
 TV_CHOICES = ("fixed", "auto")
+POSITION_SCALES = ("auto", "pinned", "free")
 log = logging.getLogger("ptytomo")
 
 
@@ -82,12 +83,16 @@ class ReconstructOptions:
     refine: str = "auto"
     probe_modes: int = 0  # K incoherent modes; 0: as many as the file's probe has
     probe_init: str = "file"  # file | mean-pattern | disc:D | gaussian:D
+    probe_defocus: float = 0.0  # metres the initial probe is propagated by (> 0: sample downstream of focus)
     probe_start: int = 3  # first iteration (sweep for sequential, admm, ptycho) of probe updates
     probe_updates: int = 5  # joint: probe steps per iteration (the baselines take one per sweep)
     positions_start: int = 20  # first iteration (sweep) of position updates
     positions_wait: int = 30  # with the probe refined: iterations more at most for it to settle first
     max_position_correction: float = 4.0  # pixels
     position_affine: bool = False  # constrain position corrections to one affine map of the scan
+    # the corrections' scale of the scan in rows and columns: pinned (removed) or free; auto: pinned when the
+    # probe is refined (its curvature trades with the scale) and the corrections are not --position-affine
+    position_scale: str = "auto"
     shifts_start: int = 20  # first joint iteration of per-angle shift updates (model/shifts.py)
     max_shift: float = 10.0  # pixels per coordinate; also the model's padding for the shifted windows
     coarse_align: str = "on"  # with --refine shifts: projection matching before the loop (solvers/alignment.py)
@@ -105,6 +110,12 @@ class ReconstructOptions:
                 raise PtytomoError(f"--refine {self.refine!r}: unknown {name!r}; choose from "
                                    f"{', '.join(GROUPS)} (comma-separated) or none")
         return [n for n in GROUPS if n in names]
+
+    def pins_scan_scale(self) -> bool:
+        """Whether the position corrections' scale of the scan is pinned (``position_scale``)."""
+        if self.position_scale == "auto":
+            return "probe" in self.refined() and not self.position_affine
+        return self.position_scale == "pinned"
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -143,9 +154,13 @@ class ReconstructOptions:
         from .model.probe import parse_probe_init
 
         parse_probe_init(self.probe_init)
+        if not math.isfinite(self.probe_defocus):
+            raise PtytomoError(f"--probe-defocus must be a finite number of metres, got {self.probe_defocus}")
         if self.refined() and self.loss not in PTYCHO_STEP:
             raise PtytomoError(f"--refine {self.refine} takes Gauss-Newton steps for --loss "
                                f"{' or '.join(PTYCHO_STEP)}; use --refine none with --loss {self.loss}")
+        if self.position_scale not in POSITION_SCALES:
+            raise PtytomoError(f"--position-scale {self.position_scale!r}: choose one of {', '.join(POSITION_SCALES)}")
         if self.coarse_align not in ("on", "off"):
             raise PtytomoError(f"--coarse-align {self.coarse_align!r}: choose on or off")
         if not (math.isfinite(self.max_shift) and self.max_shift > 0):
@@ -254,6 +269,7 @@ def make_groups(objective: JointObjective, options: ReconstructOptions, comm: Co
         position_options = PositionOptions(enabled=True, start=options.positions_start, wait=options.positions_wait,
                                            max_correction=options.max_position_correction,
                                            affine=options.position_affine,
+                                           pin_scale=options.pins_scan_scale(),
                                            # with per-angle shifts refined, each angle's common offset is theirs
                                            per_angle_mean="shifts" in refined)
         groups.append(PositionsGroup(model, position_options, gather=lambda t: gather_angles(comm, t),
@@ -284,7 +300,8 @@ def align_before_loop(objective: JointObjective, groups: list, options: Reconstr
     if shifts is None or options.coarse_align != "on" or (options.resume and options.method == "joint"):
         return
     model = objective.model
-    found = coarse_align(objective, AlignmentOptions(max_shift=options.max_shift),
+    refine_probe = any(g.name == "probe" for g in groups)
+    found = coarse_align(objective, AlignmentOptions(max_shift=options.max_shift, refine_probe=refine_probe),
                          gather=lambda t: gather_angles(comm, t),
                          share=lambda t: share_of(comm, t, model.recorded_positions), log=log.debug)
     shifts.set(found)
@@ -335,7 +352,8 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
     torch.manual_seed(options.seed)
     from .model import initial_probe
 
-    probe, probe_notes = initial_probe(data, options.probe_init, options.probe_modes, options.seed, comm)
+    probe, probe_notes = initial_probe(data, options.probe_init, options.probe_modes, options.seed, comm,
+                                       defocus_m=options.probe_defocus)
     for line in probe_notes if comm.is_main else []:
         log.warning(line)
     objective = build_objective(data, options, comm, probe=probe)
@@ -398,7 +416,7 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
         if comm.is_main:
             log.info(line)
     parameters.update(probe_notes=probe_notes or ["none"], probe_modes_used=int(model.probe.shape[0]),
-                      refined=",".join(options.refined()) or "none")
+                      refined=",".join(g.name for g in groups) or "none")
     return Reconstruction(volume=volume, method=options.method, parameters=parameters, history=history,
                           geometry=data.geometry, **refined)
 

@@ -184,7 +184,16 @@ def to_far_field(wave: np.ndarray) -> np.ndarray:
 def probe_from_mean_pattern(mean_pattern: np.ndarray) -> np.ndarray:
     """The initial probe when none is known: sqrt of the mean diffraction pattern with a flat phase,
     transformed back (FORMAT.md's inverse far field), so its photon count is the mean frame's."""
-    return from_far_field(np.sqrt(np.maximum(np.asarray(mean_pattern, dtype=np.float64), 0.0)))
+    amplitude = np.sqrt(np.maximum(np.asarray(mean_pattern, dtype=np.float64), 0.0))
+    # A flat phase alone would put the probe at the window's corner, split over its four corners (the
+    # window is a crop of the object, not a period of it): centre it like the disc.
+    return from_far_field(amplitude * window_centre_ramp(amplitude.shape[-1]))
+
+
+def window_centre_ramp(size: int) -> np.ndarray:
+    """Far-field phase ramp that moves a field centred on pixel 0 to the window's centre ``(size - 1) / 2``."""
+    q_rows, q_cols = centred_grid(size)
+    return np.exp(-2j * np.pi * (q_rows + q_cols) * ((size - 1) / 2) / size)
 
 
 def default_defocus(pupil: float, detector_size: int, fill: float = 0.6) -> float:
@@ -208,9 +217,7 @@ def pupil_field(size: int, pupil_diameter_px: float, defocus: float) -> np.ndarr
     q_rows, q_cols = centred_grid(size)
     edge = pupil_diameter_px / 2
     radius = np.hypot(q_rows, q_cols)
-    centre = (size - 1) / 2
-    ramp = np.exp(-2j * np.pi * (q_rows + q_cols) * centre / size)
-    return np.where(radius <= edge, np.exp(1j * defocus * (radius / edge) ** 2), 0) * ramp
+    return np.where(radius <= edge, np.exp(1j * defocus * (radius / edge) ** 2), 0) * window_centre_ramp(size)
 
 
 def focused_probe(size: int, pupil_diameter_px: float, defocus: float) -> np.ndarray:

@@ -18,7 +18,8 @@ Constraints after each step: the update is clipped to ``max_step`` pixels
 (a frame with a bad gradient cannot jump), the correction to
 ``max_correction`` pixels; optionally the corrections are replaced by their
 least-squares fit with one affine map of the recorded scan (scale, rotation,
-shear: encoder calibration errors); and the part of the corrections that
+shear: encoder calibration errors), or, with the probe refined, the corrections'
+scale of the scan is pinned (:func:`pin_scan_scale`); and the part of the corrections that
 only translates the volume is removed (the gauge: a constant row offset of
 all windows, and column offsets ``X cos(theta) + Y sin(theta)`` over the
 angles), so that the volume and the positions cannot trade it.  A common
@@ -44,10 +45,11 @@ from .groups import GroupOptions, ParameterGroup
 # curvature over the windows: a window over little structure (free space, the sample's edge)
 # carries little position information and must not be moved by its noise.
 CURVATURE_DAMPING = 0.1
-# The grid search moves a window only where an offset fits it this much better (a fraction of its
-# cost where it is): over free space every offset fits about as well, and the winner would be the
-# model error's.  (On the 16^3 case of docs/refinement.md it changed nothing measurable: the drift of
-# the free-space windows there came from the gauge removal, which follow_angle_mean answers.)
+# The grid search moves a window only where an offset lowers its cost by this fraction of the larger
+# of its own cost and its angle's median window cost.  Relative to its own cost alone, a window that
+# sees the object only through the probe's tails (the scan's first or last row, at the sample's edge)
+# fits some offset 10 % better from model error alone: on oversampled data with exact positions
+# (docs/refinement.md, "Position accuracy") the whole top row jumped by the full search radius.
 SEARCH_MARGIN = 0.1
 # A window whose Gauss-Newton curvature is below this fraction of the median is unmeasured.
 UNMEASURED = 0.05
@@ -64,6 +66,7 @@ class PositionOptions(GroupOptions):
     search_radius: float = 1.0  # pixels searched on the grid at the first update (0: no search)
     search_step: float = 0.5
     per_angle_mean: bool = False  # remove each angle's mean (when a per-angle shifts group owns it)
+    pin_scale: bool = False  # remove the corrections' scale of the scan in rows and in columns (pin_scan_scale)
 
 
 class PositionsGroup(ParameterGroup):
@@ -88,8 +91,7 @@ class PositionsGroup(ParameterGroup):
         self.hessian = torch.zeros((*self.corrections.shape, 2), dtype=torch.float64)
 
     def accumulate(self, residual) -> None:
-        grad, hessian = residual.ptychography.position_gradient(residual.transmission, residual.back,
-                                                                residual.fields)
+        grad, hessian = residual.position_gradient()
         self.grad[residual.angles] += grad.to(torch.float64).cpu()
         self.hessian[residual.angles] += hessian.to(torch.float64).cpu()
         if not self.searched and self.options.search_radius > 0:
@@ -122,7 +124,11 @@ class PositionsGroup(ParameterGroup):
             cost = cost.to(torch.float64).cpu()
             if best_cost is None:
                 best_cost, best = cost, torch.zeros((*cost.shape, 2), dtype=torch.float64)
-                bar = (1 - SEARCH_MARGIN) * cost
+                # each angle's median window cost (per angle, so that neither the angle batches nor the
+                # ranks change the result)
+                counted = torch.where(moves[..., 0].cpu() > 0, cost, torch.nan)
+                typical = counted.nanmedian(dim=1, keepdim=True).values.nan_to_num(0.0)
+                bar = cost - SEARCH_MARGIN * torch.maximum(cost, typical)
             else:
                 better = (cost < best_cost) & (cost < bar)
                 best_cost = torch.where(better, cost, best_cost)
@@ -142,6 +148,9 @@ class PositionsGroup(ParameterGroup):
         if o.affine:
             corrections = affine_fit(self.model.recorded_positions, corrections, self.valid)
         information = torch.diagonal(self.hessian, dim1=-2, dim2=-1).sum(-1)
+        if o.pin_scale:
+            corrections = pin_scan_scale(self.model.recorded_positions, corrections, self.valid, information,
+                                         self.gather)
         if o.per_angle_mean:
             corrections = remove_angle_means(corrections, self.valid, information)
         else:
@@ -196,6 +205,34 @@ def follow_angle_mean(corrections: torch.Tensor, valid: torch.Tensor, informatio
     unmeasured = valid & (information < UNMEASURED * measured.median())
     means = angle_means(corrections, valid, information).expand_as(corrections)
     return torch.where(unmeasured[..., None], means, corrections)
+
+
+def pin_scan_scale(recorded: torch.Tensor, corrections: torch.Tensor, valid: torch.Tensor, information: torch.Tensor,
+                   gather=None) -> torch.Tensor:
+    """The corrections minus their least-squares scale of the scan, one factor for rows and one for
+    columns over all angles and valid windows: ``c - s * (p - mean_a p)``, the means weighted by the
+    windows' information as the gauge's and the shifts' are, so that neither sees the change.  The fit
+    itself weighs every window alike: the drift is largest in the scan's outer windows, which carry
+    less information than the inner ones and would barely count otherwise (measured on the 16^3 case:
+    information-weighted, the outer windows kept a 1.5 % column expansion).
+
+    With the probe refined, a magnification of the scan is nearly invisible: the probe's curvature
+    (defocus, astigmatism) trades with it, as the object's scale does (Fresnel scaling), so the
+    corrections drift along it.  Measured on the Siemens star of docs/refinement.md: 0.207 of the
+    0.211 px rms left after refinement was such an expansion (0.75 % in rows, 0.3 % in columns); on the
+    16^3 case of benchmarks/refinement.py a 0.6 % / 1.2 % one.  A stage's scale is calibrated far better
+    than that; a scale error is what ``--position-affine`` fits."""
+    gather = gather or (lambda t: t)
+    counted = valid.to(corrections.dtype)[..., None]
+    weight = counted * information.to(corrections.dtype).clamp_min(0)[..., None]
+    weight = torch.where(weight.sum(dim=1, keepdim=True) > 0, weight, counted)  # an angle without information
+    total = weight.sum(dim=1, keepdim=True).clamp_min(1e-300)
+    centred = (recorded.to(corrections.dtype) - (recorded * weight).sum(dim=1, keepdim=True) / total) * counted
+    mean = (corrections * weight).sum(dim=1, keepdim=True) / total
+    numerator = gather((centred * (corrections - mean) * counted).sum(dim=1)).sum(dim=0)  # (2,)
+    denominator = gather((centred**2).sum(dim=1)).sum(dim=0)
+    scale = torch.where(denominator > 0, numerator / denominator.clamp_min(1e-300), 0.0)
+    return (corrections - scale * centred) * counted
 
 
 def remove_translation_gauge(corrections: torch.Tensor, valid: torch.Tensor, angles, information=None,

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import PtytomoError
+from ..physics import wavelength_m
 from ..scan import disc_probe, probe_from_mean_pattern
 from .groups import GroupOptions, ParameterGroup
 
@@ -125,8 +126,10 @@ def parse_probe_init(text: str) -> tuple[str, float]:
     return kind, 0.0
 
 
-def initial_probe(data, init: str, n_modes: int, seed: int = 0, comm=None) -> tuple[np.ndarray, list[str]]:
-    """(K, M, M) complex128 starting modes and the notes to report (rescaling, added modes).
+def initial_probe(data, init: str, n_modes: int, seed: int = 0, comm=None,
+                  defocus_m: float = 0.0) -> tuple[np.ndarray, list[str]]:
+    """(K, M, M) complex128 starting modes and the notes to report (rescaling, added modes), propagated
+    by ``defocus_m`` metres (:func:`propagate`) when it is not 0.
 
     ``comm`` joins the ranks of a distributed run (each holds some angles): the statistics
     of the frames are global, so every rank starts from the same probe."""
@@ -146,6 +149,9 @@ def initial_probe(data, init: str, n_modes: int, seed: int = 0, comm=None) -> tu
         modes = gaussian_probe(m, diameter)[None]
     if kind != "file":
         notes.append(f"probe initialised from {init}")
+    if defocus_m:
+        modes = propagate(modes, defocus_m, wavelength_m(data.geometry.energy_kev), data.geometry.voxel_size_m)
+        notes.append(f"probe propagated by {defocus_m:.4g} m (--probe-defocus)")
     modes = rescale_to_counts(modes, frame_power(data, comm), notes, rescale_always=kind != "file")
     n_modes = n_modes or modes.shape[0]
     if n_modes < modes.shape[0]:
@@ -155,6 +161,21 @@ def initial_probe(data, init: str, n_modes: int, seed: int = 0, comm=None) -> tu
         notes.append(f"{n_modes - len(data.probe_modes) if kind == 'file' else n_modes - 1} probe mode(s) added "
                      f"({NEW_MODE_POWER:.0%} of the first's power each) from Hermite-Gauss perturbations")
     return modes, notes
+
+
+def propagate(modes: np.ndarray, distance_m: float, wavelength: float, pixel_m: float) -> np.ndarray:
+    """The modes propagated by ``distance_m`` through free space (paraxial, angular spectrum).
+
+    FORMAT.md's sign (``O = exp(+i k P delta)``, far field ``fft2``) is that of waves ``exp(-i k z)``:
+    a plane wave of transverse frequency f then gains ``exp(+i pi lambda z f^2)`` over z, so a focus
+    propagated by z > 0 (the sample downstream of the focus) is the diverging
+    ``exp(-i pi r^2 / (lambda z))``.  With ``--probe-init mean-pattern`` (the zone plate's or mirror's
+    pupil, flat phase: the beam at its focus) this is the defocused beam the sample sees.  The transfer
+    function is exact on the window's periodic grid; beams spreading past the window wrap around."""
+    m = modes.shape[-1]
+    f = np.fft.fftfreq(m, d=pixel_m)
+    transfer = np.exp(1j * np.pi * wavelength * distance_m * (f[:, None] ** 2 + f[None, :] ** 2))
+    return np.fft.ifft2(np.fft.fft2(modes, axes=(-2, -1)) * transfer, axes=(-2, -1))
 
 
 def frame_power(data, comm) -> float:

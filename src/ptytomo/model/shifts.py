@@ -70,8 +70,7 @@ class ShiftsGroup(ParameterGroup):
 
     def accumulate(self, residual) -> None:
         # A shift moves every window of the angle alike: its gradient and Gauss-Newton matrix are sums.
-        grad, hessian = residual.ptychography.position_gradient(residual.transmission, residual.back,
-                                                                residual.fields)
+        grad, hessian = residual.position_gradient()
         valid = self.valid[residual.angles].to(torch.float64)
         self.grad[residual.angles] += torch.einsum("bj,bjk->bk", valid, grad.to(torch.float64).cpu())
         self.hessian[residual.angles] += torch.einsum("bj,bjkl->bkl", valid, hessian.to(torch.float64).cpu())
