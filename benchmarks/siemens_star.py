@@ -11,9 +11,11 @@ files go through the command line as a user would run it: `ptytomo import`
 (--angles for the one angle; `given`: --dc 0,0 --conjugate yes, what a user who
 knows the detector states; `defaults`: nothing), then `ptytomo reconstruct
 --method ptycho` with --refine none or --refine probe,positions --probe-modes 3,
-all other options at their defaults.
+all other options at their defaults; INIT `defocus` starts the probe from the
+mean pattern propagated by the zone plate's defocus (--probe-init mean-pattern
+--probe-defocus Z, what a user who knows the focus-to-sample distance asks for).
 
-    python benchmarks/siemens_star.py          # 64 px detector, 300 frames, 3 runs (~10-15 min on 2 cores)
+    python benchmarks/siemens_star.py          # 64 px detector, 300 frames, 4 runs (~20-25 min on 2 cores)
     python benchmarks/siemens_star.py --detector 32 --frames 100 --spokes 16
     python benchmarks/siemens_star.py --runs "disc/defaults/probe,positions;pupil/defaults/probe,positions"
 
@@ -69,8 +71,11 @@ IMPORTS = {
     # what a user states who knows the detector writes FFT order (DC at pixel 0,0) and the physics sign
     "given": ["--dc", "0,0", "--conjugate", "yes"],
 }
-# (file's probe guess, import, --refine): the default runs
-RUNS = "disc/given/none;disc/given/probe,positions;pupil/given/probe,positions"
+# (file's probe guess, import, --refine[, initial probe]): the default runs
+RUNS = "disc/given/none;disc/given/probe,positions;disc/given/probe,positions/defocus;pupil/given/probe,positions"
+# initial probes besides the file's: what a user who knows the zone plate's defocus asks for
+INITS = {"file": lambda config: [],
+         "defocus": lambda config: ["--probe-init", "mean-pattern", f"--probe-defocus={config.defocus_m:.4g}"]}
 
 
 def make_data(config: sim.StarConfig, workdir: str, guesses) -> tuple[dict, sim.StarScan, float]:
@@ -166,8 +171,9 @@ def main() -> None:
     parser.add_argument("--photons", type=float, default=2e5, help="mean counts per frame")
     parser.add_argument("--position-error", type=float, default=0.5, help="px rms per coordinate")
     parser.add_argument("--runs", default=RUNS,
-                        help="semicolon-separated GUESS/IMPORT/REFINE: the file's probe guess (disc, pupil), the "
-                             f"import ({', '.join(IMPORTS)}), the --refine value (default {RUNS!r})")
+                        help="semicolon-separated GUESS/IMPORT/REFINE[/INIT]: the file's probe guess (disc, pupil), the "
+                             f"import ({', '.join(IMPORTS)}), the --refine value, the initial probe "
+                             f"({', '.join(INITS)}; default file) (default {RUNS!r})")
     parser.add_argument("--check-imports", default="disc,pupil",
                         help="guesses whose files are also imported with the defaults, to report the DC and "
                              "sign decisions (comma list; '' for none)")
@@ -184,7 +190,11 @@ def main() -> None:
 
     config = sim.StarConfig(detector=args.detector, frames=args.frames, spokes=args.spokes, photons=args.photons,
                             position_error=args.position_error, seed=args.seed)
-    runs = [tuple(item.split("/")) for item in args.runs.split(";") if item]
+    runs = [tuple(item.split("/")) + ("file",) * (item.count("/") == 2) for item in args.runs.split(";") if item]
+    for run_ in runs:
+        if len(run_) != 4 or run_[1] not in IMPORTS or run_[3] not in INITS:
+            parser.error(f"--runs: {'/'.join(run_)!r} is not GUESS/IMPORT/REFINE[/INIT] with IMPORT in "
+                         f"{', '.join(IMPORTS)} and INIT in {', '.join(INITS)}")
     checks = [g for g in args.check_imports.split(",") if g]
     lines: list[str] = []
 
@@ -208,12 +218,12 @@ def main() -> None:
     for guess in checks:
         data, seconds = import_file(files[guess], args.workdir, "defaults")
         notes.append(import_note(guess, "defaults", seconds, imported(data)))
-    header = (f"{'file probe':10s} {'import':8s} {'--refine':16s} {'sign':>4s} {'seconds':>8s} {'resolved px':>11s} "
+    header = (f"{'file probe (+init)':18s} {'import':8s} {'--refine':16s} {'sign':>4s} {'seconds':>8s} {'resolved px':>11s} "
               f"{'phase corr':>10s} {'probe corr':>10s} {'stop ratio':>10s} {'pos err px':>10s} {'misfit/noise':>12s}")
     rows, mods, panels, probes = [], {}, [], {}
     scorer = None
     data_files = {}
-    for guess, name, refine in runs:
+    for guess, name, refine, init in runs:
         if (guess, name) not in data_files:
             data_files[guess, name] = import_file(files[guess], args.workdir, name)
             data, seconds = data_files[guess, name]
@@ -228,33 +238,33 @@ def main() -> None:
             mods["truth"] = truth_mod
             true_corr, true_stop = scorer.probe(scorer.true_probe)
             nominal_error, _ = sim.position_error(scan, info["positions"], None)
-            rows.append(f"{'truth on the pixel grid':36s} {'+':>4s} {'-':>8s} {truth_radius:11.1f} {1.0:10.3f} "
+            rows.append(f"{'truth on the pixel grid':44s} {'+':>4s} {'-':>8s} {truth_radius:11.1f} {1.0:10.3f} "
                         f"{true_corr:10.3f} {true_stop:10.3f} {0.0:10.3f} {'-':>12s}")
             panels.append(("truth phase (FORMAT sign), rad", truth, "phase"))
         if guess not in probes:
             probes[guess] = info["probe"]
             file_corr, file_stop = scorer.probe(info["probe"])
-            rows.append(f"{guess + ' (the file: nominal positions)':36s} {'':>4s} {'-':>8s} {'-':>11s} {'-':>10s} "
+            rows.append(f"{guess + ' (the file: nominal positions)':44s} {'':>4s} {'-':>8s} {'-':>11s} {'-':>10s} "
                         f"{file_corr:10.3f} {file_stop:10.3f} {nominal_error:10.3f} {'-':>12s}")
-        output = os.path.join(args.workdir, f"rec_{guess}_{name}_{refine.replace(',', '_')}.h5")
+        output = os.path.join(args.workdir, f"rec_{guess}_{name}_{refine.replace(',', '_')}_{init}.h5")
         if args.reuse and os.path.exists(output) and os.path.exists(output + ".seconds"):
             with open(output + ".seconds") as f:
                 seconds = float(f.read())
         else:
-            seconds = reconstruct(data, output, refine, args.probe_modes, extra)
+            seconds = reconstruct(data, output, refine, args.probe_modes, extra + INITS[init](config))
             with open(output + ".seconds", "w") as f:
                 f.write(f"{seconds}\n")
         r = read_reconstruction(output)
         phase, centre, corr, sign = scorer.phase(r["transmission"])
         mod, radius = scorer.star(phase, centre)
-        label = f"{guess}, {name}, {refine}"
+        label = f"{guess}, {name}, {refine}" + (f", {init}" if init != "file" else "")
         mods[label] = mod
         probe = r["probe"] if r["probe"] is not None else info["probe"]
         probe_corr, stop = scorer.probe(probe)
         _, pos_err = sim.position_error(scan, info["positions"], r["positions"])
         misfit = float(r["attrs"].get("misfit_to_noise", np.nan))
         moved = np.hypot(*(centre - scorer.centre))
-        rows.append(f"{guess:10s} {name:8s} {refine:16s} {'+' if sign > 0 else '-':>4s} {seconds:8.1f} {radius:11.1f} "
+        rows.append(f"{guess + ('+' + init if init != 'file' else ''):18s} {name:8s} {refine:16s} {'+' if sign > 0 else '-':>4s} {seconds:8.1f} {radius:11.1f} "
                     f"{corr:10.3f} {probe_corr:10.3f} {stop:10.3f} {pos_err:10.3f} {misfit:12.3g}   "
                     f"(star moved {moved:.2f} px)")
         print(rows[-1], flush=True)
