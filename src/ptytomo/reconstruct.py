@@ -304,6 +304,8 @@ def align_before_loop(objective: JointObjective, groups: list, options: Reconstr
     found = coarse_align(objective, AlignmentOptions(max_shift=options.max_shift, refine_probe=refine_probe),
                          gather=lambda t: gather_angles(comm, t),
                          share=lambda t: share_of(comm, t, model.recorded_positions), log=log.debug)
+    if comm.is_main and not bool(found.any()):
+        log.info("coarse alignment: no shifts that make the projections agree better; starting from none")
     shifts.set(found)
 
 
