@@ -22,7 +22,6 @@ Everything derived is recorded as attributes of ``/import`` (docs/import.md).
 from __future__ import annotations
 
 import logging
-
 import math
 import os
 from dataclasses import dataclass, field

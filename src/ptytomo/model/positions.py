@@ -224,12 +224,10 @@ def pin_scan_scale(recorded: torch.Tensor, corrections: torch.Tensor, valid: tor
     than that; a scale error is what ``--position-affine`` fits."""
     gather = gather or (lambda t: t)
     counted = valid.to(corrections.dtype)[..., None]
-    weight = counted * information.to(corrections.dtype).clamp_min(0)[..., None]
-    weight = torch.where(weight.sum(dim=1, keepdim=True) > 0, weight, counted)  # an angle without information
-    total = weight.sum(dim=1, keepdim=True).clamp_min(1e-300)
-    centred = (recorded.to(corrections.dtype) - (recorded * weight).sum(dim=1, keepdim=True) / total) * counted
-    mean = (corrections * weight).sum(dim=1, keepdim=True) / total
-    numerator = gather((centred * (corrections - mean) * counted).sum(dim=1)).sum(dim=0)  # (2,)
+    recorded = recorded.to(corrections.dtype)
+    centred = (recorded - angle_means(recorded, valid, information)) * counted
+    deviation = (corrections - angle_means(corrections, valid, information)) * counted
+    numerator = gather((centred * deviation).sum(dim=1)).sum(dim=0)  # (2,)
     denominator = gather((centred**2).sum(dim=1)).sum(dim=0)
     scale = torch.where(denominator > 0, numerator / denominator.clamp_min(1e-300), 0.0)
     return (corrections - scale * centred) * counted
