@@ -57,7 +57,7 @@ def data_with_runout(config: SimulationConfig, runout: float):
 
 def run(data, method: str, align: bool, runout: float, args) -> tuple[float, float, float]:
     """(delta error, shift error or nan, seconds)."""
-    options = ReconstructOptions(method=method, iterations=args.iterations, tolerance=0, device="cpu",
+    options = ReconstructOptions(method=method, iterations=args.iterations, tolerance=0, device="cpu", tv="fixed",
                                  refine="shifts" if align else "none", max_shift=max(10.0, 3 * runout),
                                  ptycho_iterations=args.sweeps if method == "sequential" else 0)
     start = time.perf_counter()
@@ -76,7 +76,7 @@ def alignment_costs(data, runout: float) -> tuple[float, float, float, float]:
     from ptytomo.reconstruct import build_objective, make_groups
     from ptytomo.solvers.alignment import AlignmentOptions, coarse_align
 
-    options = ReconstructOptions(refine="shifts", device="cpu", max_shift=max(10.0, 3 * runout))
+    options = ReconstructOptions(refine="shifts", device="cpu", tv="fixed", max_shift=max(10.0, 3 * runout))
     objective = build_objective(data, options)
     (shifts,) = make_groups(objective, options)
     start = time.perf_counter()

@@ -57,7 +57,7 @@ def main(argv=None) -> int:
         z = args.size // 2
         slices[("truth", step, n_angles)] = data.truth[z]
         for method in args.methods:
-            options = ReconstructOptions(refine="none", method=method, tv_delta=args.tv, tv_beta=args.tv, device=args.device)
+            options = ReconstructOptions(refine="none", tv="fixed", method=method, tv_delta=args.tv, tv_beta=args.tv, device=args.device)
             started = time.perf_counter()
             recon = reconstruct(data, options, progress=False)
             seconds = time.perf_counter() - started

@@ -50,7 +50,7 @@ def main(argv=None) -> int:
             norm_d = np.sqrt(np.mean(data.truth.real.astype(float) ** 2))
             norm_b = np.sqrt(np.mean(data.truth.imag.astype(float) ** 2))
             for name in args.optimizers:
-                options = ReconstructOptions(refine="none", optimizer=name, iterations=args.iterations, tolerance=0, tv_delta=0,
+                options = ReconstructOptions(refine="none", tv="fixed", optimizer=name, iterations=args.iterations, tolerance=0, tv_delta=0,
                                              tv_beta=0, nonnegative=name != "gd", device=args.device)
                 started = time.perf_counter()
                 recon = reconstruct(data, options, progress=False)

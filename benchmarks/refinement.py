@@ -85,7 +85,7 @@ def main() -> None:
         data = simulate(config, progress=False)
         sample = on_sample(data)
         for refine in REFINES:
-            options = ReconstructOptions(refine=refine, iterations=args.iterations, tolerance=0, device=args.device)
+            options = ReconstructOptions(refine=refine, iterations=args.iterations, tolerance=0, device=args.device, tv="fixed")
             started = time.perf_counter()
             recon = reconstruct(data, options, progress=False)
             seconds = (time.perf_counter() - started) / len(recon.history["iteration"])

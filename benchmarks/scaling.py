@@ -50,7 +50,7 @@ def launch(path: Path, ranks: int, iterations: int, args, out: Path) -> float:
     """Run once; return the CPU seconds of all its processes."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
                "-m", "ptytomo", "reconstruct", str(path), "-o", str(out), "--optimizer", "gd",
-               "--iterations", str(iterations), "--tolerance", "0", "--device", args.device, "--quiet",
+               "--iterations", str(iterations), "--tolerance", "0", "--tv", "fixed", "--device", args.device, "--quiet",
                "--stream", "on" if args.stream else "off"]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -67,7 +67,7 @@ def main(argv=None) -> int:
                  "photons": point["photons"]}[sweep]
             for method in args.methods:
                 started = time.perf_counter()
-                recon = reconstruct(data, ReconstructOptions(refine="none", method=method, device=args.device), progress=False)
+                recon = reconstruct(data, ReconstructOptions(refine="none", tv="fixed", method=method, device=args.device), progress=False)
                 p = recon.parameters
                 seconds = time.perf_counter() - started
                 results.setdefault((sweep, method), []).append((x, p["relative_rmse_delta"], p["relative_rmse_beta"]))

@@ -57,7 +57,7 @@ def main(argv=None) -> int:
                                   seed=1, device=args.device)
         data = simulate(config, progress=False)
         for weight in weights:
-            options = ReconstructOptions(refine="none", method=args.method, iterations=args.iterations, tv_delta=weight,
+            options = ReconstructOptions(refine="none", tv="fixed", method=args.method, iterations=args.iterations, tv_delta=weight,
                                          tv_beta=weight, device=args.device)
             started = time.perf_counter()
             recon = reconstruct(data, options, progress=False)

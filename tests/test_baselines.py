@@ -94,7 +94,7 @@ def test_filtered_back_projection_inverts_the_projector():
     ],
 )
 def test_baselines_reconstruct_noise_free_data(small, options, bound_delta, bound_beta):
-    recon = reconstruct(small, ReconstructOptions(device="cpu", refine="none", tv_delta=1e-3, tv_beta=1e-3, **options),
+    recon = reconstruct(small, ReconstructOptions(tv="fixed", device="cpu", refine="none", tv_delta=1e-3, tv_beta=1e-3, **options),
                         progress=False)
     p = recon.parameters
     assert p["relative_rmse_delta"] < bound_delta and p["relative_rmse_beta"] < bound_beta, p
@@ -107,7 +107,7 @@ def test_baselines_reconstruct_noise_free_data(small, options, bound_delta, boun
 
 def test_admm_with_rho_near_zero_reproduces_sequential(small):
     """One outer iteration with a negligible penalty is ptychography to convergence, then tomography."""
-    common = dict(device="cpu", precision="float64", tv_delta=0, tv_beta=0, ptycho_iterations=150, tolerance=0,
+    common = dict(device="cpu", precision="float64", tv="fixed", tv_delta=0, tv_beta=0, ptycho_iterations=150, tolerance=0,
                   refine="none")
     sequential = reconstruct(small, ReconstructOptions(method="sequential", iterations=30, **common), progress=False)
     admm = reconstruct(small, ReconstructOptions(method="admm", iterations=1, rho=1e-9, tomo_iterations=30, **common),
@@ -120,7 +120,7 @@ def test_admm_with_rho_near_zero_reproduces_sequential(small):
 @pytest.mark.parametrize("method", ["sequential", "admm"])
 def test_baselines_resume_to_the_uninterrupted_result(small, tmp_path, method):
     common = dict(method=method, device="cpu", tolerance=0, ptycho_iterations=40 if method == "sequential" else 2,
-                  tomo_iterations=2)
+                  tomo_iterations=2, tv="fixed")  # --tv auto: test_heldout.py
     whole = reconstruct(small, ReconstructOptions(iterations=6, **common), progress=False)
     path = tmp_path / "run.pt"
     reconstruct(small, ReconstructOptions(iterations=3, checkpoint=str(path), **common), progress=False)

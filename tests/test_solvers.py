@@ -117,7 +117,7 @@ def test_gd_follows_algorithm_1(small):
 
 @pytest.mark.parametrize("name", ["gd", "fista", "lbfgs", "adam"])
 def test_every_optimizer_decreases_the_cost_and_the_error(small, name):
-    recon = reconstruct(small, ReconstructOptions(refine="none", optimizer=name, iterations=12, tolerance=0), progress=False)
+    recon = reconstruct(small, ReconstructOptions(refine="none", tv="fixed", optimizer=name, iterations=12, tolerance=0), progress=False)
     cost = recon.history["cost"]
     assert cost[-1] < 0.5 * cost[0]
     assert recon.history["rmse_delta"][-1] < recon.history["rmse_delta"][0]
@@ -138,19 +138,20 @@ def test_noise_free_quality_n32_step4_90_angles():
     the test's run time down.
     """
     data = simulate(SimulationConfig(size=32, n_angles=90, step=4, detector_size=31), progress=False)
-    options = ReconstructOptions(refine="none", iterations=40, tolerance=0, tv_delta=1e-3, tv_beta=1e-3)
+    options = ReconstructOptions(tv="fixed", refine="none", iterations=40, tolerance=0, tv_delta=1e-3, tv_beta=1e-3)
     recon = reconstruct(data, options, progress=False)
     assert recon.parameters["relative_rmse_delta"] <= 0.03
     assert recon.parameters["relative_rmse_beta"] <= 0.10
 
 
 def test_resume_gives_the_uninterrupted_result(small, tmp_path):
-    straight = reconstruct(small, ReconstructOptions(refine="none", iterations=6, tolerance=0), progress=False)
+    common = dict(refine="none", tolerance=0, tv="fixed")  # --tv auto: the next test
+    straight = reconstruct(small, ReconstructOptions(iterations=6, **common), progress=False)
     checkpoint = tmp_path / "run.ckpt"
-    reconstruct(small, ReconstructOptions(refine="none", iterations=3, tolerance=0, checkpoint=str(checkpoint), checkpoint_every=1),
+    reconstruct(small, ReconstructOptions(iterations=3, checkpoint=str(checkpoint), checkpoint_every=1, **common),
                 progress=False)
     assert load_checkpoint(checkpoint)["iteration"] == 3
-    resumed = reconstruct(small, ReconstructOptions(refine="none", iterations=6, tolerance=0, resume=str(checkpoint)), progress=False)
+    resumed = reconstruct(small, ReconstructOptions(iterations=6, resume=str(checkpoint), **common), progress=False)
     np.testing.assert_array_equal(resumed.volume, straight.volume)
     np.testing.assert_array_equal(resumed.history["cost"], straight.history["cost"])
     np.testing.assert_array_equal(resumed.history["iteration"], np.arange(1, 7))
@@ -230,7 +231,7 @@ def test_low_dose_gives_a_quiet_beta():
     data = simulate(SimulationConfig(size=32, n_angles=60, step=4, detector_size=31, photons=1e4,
                                      noise="poisson", oversample=2, seed=1), progress=False)
     assert beta_dose_factor(median_frame_counts(data)) == pytest.approx(10.0, rel=0.1)
-    quiet = reconstruct(data, ReconstructOptions(refine="none"), progress=False)
+    quiet = reconstruct(data, ReconstructOptions(refine="none", tv="fixed"), progress=False)
     assert quiet.parameters["relative_rmse_beta"] < 0.8
     assert quiet.parameters["effective_tv_beta"] == pytest.approx(0.01 * beta_dose_factor(median_frame_counts(data)))
 
@@ -280,7 +281,7 @@ def test_a_foreign_file_reconstructs_with_the_defaults(tmp_path):
         f.create_group("geometry").attrs.update(energy_kev=6.2, voxel_size_m=1e-8, volume_shape=[n, n, n])
     data = read_data(path)
     # The model honours every feature of the file: noise-free data are fitted exactly.
-    exact = reconstruct(data, ReconstructOptions(refine="none", iterations=150, tv_delta=0, tv_beta=0), progress=False)
+    exact = reconstruct(data, ReconstructOptions(tv="fixed", refine="none", iterations=150, tv_delta=0, tv_beta=0), progress=False)
     assert exact.parameters["relative_rmse_delta"] < 0.02
     assert exact.parameters["relative_rmse_beta"] < 0.02
     # The defaults (tuned for measured data) run on it as they are.

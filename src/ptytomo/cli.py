@@ -222,7 +222,7 @@ def run_import(args) -> int:
 
 def _add_reconstruct(sub) -> None:
     from .objective import LOSSES
-    from .reconstruct import METHODS, POSITION_SCALES, ReconstructOptions
+    from .reconstruct import METHODS, POSITION_SCALES, TV_CHOICES, ReconstructOptions
     from .solvers import OPTIMIZERS
 
     d = ReconstructOptions()
@@ -236,12 +236,14 @@ def _add_reconstruct(sub) -> None:
     p.add_argument("--tolerance", type=float, default=d.tolerance,
                    help="stop when the relative cost change stays below this for 3 iterations (0: never)")
     p.add_argument("--loss", default=d.loss, choices=LOSSES, help="detector-plane cost (default %(default)s)")
-    p.add_argument("--tv-delta", type=float, default=d.tv_delta, help="TV weight on delta (default %(default)g)")
-    p.add_argument("--tv-beta", type=float, default=d.tv_beta, help="TV weight on beta (default %(default)g)")
-    p.add_argument("--tv", default=d.tv, choices=("fixed", "auto"),
-                   help="fixed: --tv-delta/--tv-beta; auto: weights chosen on 5 %% held-out frames along a path "
-                        "scaled from them (joint path; sequential and admm then use its weights; ~2-3x the time; "
-                        "default %(default)s)")
+    p.add_argument("--tv-delta", type=float, default=None,
+                   help=f"TV weight on delta; given alone, it implies --tv fixed (default {d.tv_delta:g})")
+    p.add_argument("--tv-beta", type=float, default=None,
+                   help=f"TV weight on beta; given alone, it implies --tv fixed (default {d.tv_beta:g})")
+    p.add_argument("--tv", default=None, choices=TV_CHOICES,
+                   help="auto: weights chosen on 5 %% held-out frames along a path scaled from --tv-delta/--tv-beta "
+                        "(joint and admm: the joint path; sequential: its own; 1.2-3x the time); fixed: "
+                        "--tv-delta/--tv-beta as given (default: auto, or fixed when a weight is given)")
     p.add_argument("--no-tv-dose-scaling", action="store_true",
                    help="keep --tv-beta fixed instead of growing it as sqrt(1e6 / photons per frame) at low dose")
     p.add_argument("--allow-negative", action="store_true", help="drop the non-negativity of delta and beta")
@@ -313,6 +315,16 @@ def options_from_args(args):
     from .reconstruct import ReconstructOptions
 
     values = {name: getattr(args, name) for name in ReconstructOptions.names() if hasattr(args, name)}
+    weights_given = values.get("tv_delta") is not None or values.get("tv_beta") is not None
+    if "tv" in values and values["tv"] is None:  # a weight given by hand is meant to be used as it is
+        values["tv"] = "fixed" if weights_given else "auto"
+    elif values.get("tv") == "auto":
+        refusal = ReconstructOptions(**{k: v for k, v in values.items() if k in ("method", "tomography", "tv")}).no_tv_refusal()
+        if refusal:
+            raise PtytomoError(refusal)
+    for name in ("tv_delta", "tv_beta"):
+        if values.get(name) is None:
+            values.pop(name, None)  # the option's default
     return ReconstructOptions(**values, nonnegative=not args.allow_negative,
                               tv_dose_scaling=not args.no_tv_dose_scaling)
 
@@ -415,7 +427,7 @@ def run_demo(args) -> int:
     # The paper's data are noise-free and made with the reconstruction's own model, so they
     # are fitted exactly: a light prior (the defaults' TV is for measured data) serves best.
     # The paper's setting, too, is a known probe at known positions: nothing to refine (--refine none).
-    options = ReconstructOptions(iterations=args.iterations or iterations, tv_delta=1e-3, tv_beta=1e-3,
+    options = ReconstructOptions(iterations=args.iterations or iterations, tv="fixed", tv_delta=1e-3, tv_beta=1e-3,
                                  refine="none", device=args.device)
     print(f"reconstructing jointly: {options.optimizer}, TV {options.tv_delta:g}/{options.tv_beta:g}, "
           f"up to {options.iterations} iterations")

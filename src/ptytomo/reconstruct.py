@@ -60,7 +60,8 @@ class ReconstructOptions:
     tv_delta: float = 0.1
     tv_beta: float = 0.01
     tv_dose_scaling: bool = True
-    tv: str = "fixed"  # fixed: tv_delta, tv_beta; auto: chosen on held-out frames (solvers/heldout.py)
+    tv: str = "auto"  # auto: chosen on held-out frames along a path scaled from tv_delta, tv_beta
+    # (solvers/heldout.py); fixed: tv_delta, tv_beta as given
     alpha0: float = 0.01  # gd
     eps: float = 1e-6  # gd
     learning_rate: float = 1e-3  # adam
@@ -128,9 +129,6 @@ class ReconstructOptions:
             raise PtytomoError(f"--tomography {self.tomography!r}: choose one of {', '.join(TOMOGRAPHY_SOLVERS)}")
         if self.tv not in TV_CHOICES:
             raise PtytomoError(f"--tv {self.tv!r}: choose one of {', '.join(TV_CHOICES)}")
-        if self.tv == "auto" and (self.method == "ptycho" or self.tomography == "fbp"):
-            raise PtytomoError(f"--tv auto chooses TV weights; --method {self.method}"
-                               f"{' --tomography fbp' if self.tomography == 'fbp' else ''} has no TV prior")
         if self.rho_update not in RHO_UPDATES:
             raise PtytomoError(f"--rho-update {self.rho_update!r}: choose one of {', '.join(RHO_UPDATES)}")
         if self.method != "joint" and self.loss not in PTYCHO_STEP:
@@ -172,6 +170,21 @@ class ReconstructOptions:
                 raise PtytomoError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if not (math.isfinite(self.max_position_correction) and self.max_position_correction > 0):
             raise PtytomoError(f"--max-position-correction must be a number > 0, got {self.max_position_correction}")
+
+    def has_tv(self) -> bool:
+        """Whether the method has a TV prior (``--method ptycho`` and ``--tomography fbp`` have none)."""
+        return self.method != "ptycho" and self.tomography != "fbp"
+
+    def chooses_tv(self) -> bool:
+        """``--tv auto`` (the default) where there are TV weights to choose."""
+        return self.tv == "auto" and self.has_tv()
+
+    def no_tv_refusal(self) -> str | None:
+        """The one-line refusal of a ``--tv auto`` asked for by hand where there is no TV prior."""
+        if self.tv != "auto" or self.has_tv():
+            return None
+        return (f"--tv auto chooses TV weights; --method {self.method}"
+                f"{' --tomography fbp' if self.tomography == 'fbp' else ''} has no TV prior")
 
     @classmethod
     def names(cls) -> list[str]:
@@ -366,10 +379,22 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
     iterations = options.iterations or (1 if options.tomography == "fbp" else DEFAULT_ITERATIONS[options.method])
     # The path is the joint method's, budgeted by the joint iteration limit whichever method follows.
     path_iterations = iterations if options.method == "joint" else DEFAULT_ITERATIONS["joint"]
-    heldout = held_out_weights(objective, data, options, tv_beta, path_iterations, comm) if options.tv == "auto" else None
-    tv_delta, tv_beta = (heldout.tv_delta, heldout.tv_beta) if heldout else (options.tv_delta, tv_beta)
+    resumed = load_checkpoint(options.resume) if options.resume else None
+    chosen = (resumed or {}).get("extra", {}) if options.chooses_tv() else {}
+    heldout, tv_delta = None, options.tv_delta
+    if "tv_delta" in chosen:  # a resumed --tv auto run keeps the weights it chose (and its finish)
+        tv_delta, tv_beta = chosen["tv_delta"], chosen["tv_beta"]
+        iterations = finish_iterations(iterations) if chosen["finish"] else iterations
+    elif options.chooses_tv() and options.method != "sequential":  # admm solves the joint problem too
+        scored = calibrate_for_heldout(objective, data, options, tv_beta, path_iterations, groups, comm)
+        heldout = held_out_weights(objective, scored, options, tv_beta, path_iterations, comm)
+        tv_delta, tv_beta = heldout.tv_delta, heldout.tv_beta
     stepper = make_stepper(objective, replace(options, tv_delta=tv_delta), tv_beta, progress and comm.is_main,
                            comm, groups)
+    if options.chooses_tv() and options.method == "sequential" and "tv_delta" not in chosen:
+        # Sequential's own path, once its ptychography on all frames has refined the probe and positions
+        stepper.choose_weights = lambda sequential: held_out_weights(
+            objective, with_model_positions(data, model), options, tv_beta, iterations, comm, sequential=sequential)
     to_u = objective.scaling.to_u
     truth = None
     if data.truth is not None:
@@ -379,14 +404,25 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
     # weights the joint path chose (its tomography half uses the same TV, meaning the same).
     if heldout is not None and heldout.start is not None and options.method == "joint":
         u0, iterations = heldout.start, finish_iterations(iterations)
+
+    def weights_in_use() -> dict:
+        choice = getattr(stepper, "choice", None)
+        weights = (choice.tv_delta, choice.tv_beta) if choice is not None else (tv_delta, tv_beta)
+        finish = options.method == "joint" and (heldout is not None and heldout.start is not None
+                                                or bool(chosen.get("finish")))
+        return dict(zip(("tv_delta", "tv_beta"), weights), finish=finish) if options.chooses_tv() else {}
+
     result = iterate(
         stepper, u0, iterations, to_u, truth=truth, tolerance=options.tolerance,
         checkpoint_path=options.checkpoint or None, checkpoint_every=options.checkpoint_every,
-        resume=load_checkpoint(options.resume) if options.resume else None, progress=progress,
+        resume=resumed, progress=progress,
         identity=run_identity(options, data_fingerprint(data, comm)),  # the data and every option of the result
         description=options.method if options.method != "joint" else f"joint/{options.optimizer}",
-        main=comm.is_main, comm=comm,
+        main=comm.is_main, comm=comm, extra=weights_in_use,
     )
+    if getattr(stepper, "choice", None) is not None:  # Sequential's own path ran inside the loop
+        heldout = stepper.choice
+        tv_delta, tv_beta = heldout.tv_delta, heldout.tv_beta
     fit, fit_warning = final_fit(objective, stepper, result, data, options.loss, comm)
     if fit_warning and comm.is_main:
         log.warning(fit_warning)
@@ -401,7 +437,7 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
         effective_tv_beta=tv_beta, effective_tv_delta=tv_delta,
     )
     if heldout is not None:
-        parameters.update(heldout.record)
+        parameters.update(heldout.record, heldout_calibration_iterations=getattr(objective, "calibration_iterations", 0))
     parameters.update(ranks=comm.size, streamed=isinstance(data.intensities, LazyIntensities),
                       sent_bytes_per_rank=comm.sent_bytes)
     parameters.update(fit)
@@ -423,9 +459,42 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
                           geometry=data.geometry, **refined)
 
 
+def calibrate_for_heldout(objective: JointObjective, data: PtychoTomoData, options: ReconstructOptions,
+                          tv_beta: float, iterations: int, groups: list, comm: Comm = SOLO) -> PtychoTomoData:
+    """With probe, positions (...) refined and ``--tv auto``: a joint run with the fixed weights first, so
+    that the path of weights is scored against a refined probe and refined windows, not the file's
+    (a path run with a wrong probe or wrong positions ranks weights by how well they hide those
+    errors).  Leaves the groups refined in ``objective``'s model and returns ``data`` with the
+    refined positions, from which the held-out frames' objective is built; the path itself starts
+    again from an empty volume, so the held-out frames shaped nothing but their own windows and
+    (as 5 % of the frames) the shared probe.  Without groups: ``data`` unchanged, no extra run."""
+    from .solvers.heldout import held_out_frames
+
+    if not groups or held_out_frames(data, options.seed, comm)[1]:  # no groups, or no path (too few frames)
+        return data
+    stepper = make_stepper(objective, replace(options, method="joint"), tv_beta, progress=False, comm=comm,
+                           groups=groups)
+    model = objective.model
+    u0 = torch.zeros(model.volume_shape, dtype=model.complex_dtype, device=model.device)
+    if comm.is_main:
+        log.info("--tv auto: refining %s with the fixed weights before the path of weights",
+                 ",".join(g.name for g in groups))
+    result = iterate(stepper, u0, iterations, objective.scaling.to_u, tolerance=options.tolerance, progress=False,
+                     description="joint (calibration for --tv auto)", main=comm.is_main, comm=comm)
+    objective.calibration_iterations = len(result.history)
+    return with_model_positions(data, model)
+
+
+def with_model_positions(data: PtychoTomoData, model) -> PtychoTomoData:
+    """``data`` with its valid windows at the model's current (refined) positions."""
+    positions = model.unpadded(model.positions).numpy()
+    return replace(data, positions=np.where(data.valid_or_all()[..., None], positions, data.positions))
+
+
 def held_out_weights(objective: JointObjective, data: PtychoTomoData, options: ReconstructOptions, tv_beta: float,
-                     iterations: int, comm: Comm = SOLO):
-    """``--tv auto``: the weights of the lowest held-out misfit along a path scaled from the fixed ones."""
+                     iterations: int, comm: Comm = SOLO, sequential=None):
+    """``--tv auto``: the weights of the lowest held-out misfit along a path scaled from the fixed ones
+    (the joint method's path, or ``sequential``'s own: solvers.heldout.choose_weights)."""
     from .solvers.heldout import choose_weights
 
     probe = (objective.model.probe * objective.probe_max).cpu().numpy()
@@ -433,10 +502,21 @@ def held_out_weights(objective: JointObjective, data: PtychoTomoData, options: R
         objective, data, options.tv_delta, tv_beta,
         dict(name=options.optimizer, alpha0=options.alpha0, eps=options.eps, learning_rate=options.learning_rate),
         options.nonnegative, iterations, options.tolerance, seed=options.seed, comm=comm,
-        build_objective=lambda subset: build_objective(subset, replace(options, refine="none"), comm, probe=probe))
+        build_objective=lambda subset: held_frames_objective(objective, subset, options, comm, probe),
+        sequential=sequential)
     if choice.note and comm.is_main:
         log.warning(choice.note)
     return choice
+
+
+def held_frames_objective(objective: JointObjective, subset: PtychoTomoData, options: ReconstructOptions,
+                          comm: Comm, probe: np.ndarray) -> JointObjective:
+    """The objective of the held-out frames alone, with ``objective``'s (possibly refined) probe and
+    per-angle incident flux; ``subset`` carries the windows' (possibly refined) positions."""
+    held = build_objective(subset, replace(options, refine="none"), comm, probe=probe)
+    if objective.model.angle_scale is not None:
+        held.model.angle_scale = objective.model.angle_scale.clone()
+    return held
 
 
 def final_fit(objective: JointObjective, stepper, result, data, loss: str, comm: Comm = SOLO):

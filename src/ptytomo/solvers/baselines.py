@@ -61,25 +61,39 @@ class Sequential:
         self.inner = None
         self.diagnostics: dict[str, float] = {}
         self.ptycho_cost = float("nan")
+        # --tv auto: called once, after the ptychography on all frames, with this stepper; returns a
+        # solvers.heldout.HeldOutChoice (weights, start), kept as ``choice``
+        self.choose_weights = None
+        self.choice = None
 
-    def retrieve(self) -> None:
+    def retrieve(self, groups=None, label: str = "") -> torch.Tensor:
+        """Ptychography of every angle from psi = 1, refining ``groups`` (default: the run's) on the way;
+        the projections for the tomography."""
+        groups = self.groups if groups is None else list(groups)
         psi = self.retrieval.initial()
         plateau = Plateau(self.tolerance)
-        with tqdm(total=self.ptycho_iterations, desc="sequential/ptychography", unit="it",
-                  disable=not self.progress or None) as bar:
+        with tqdm(total=self.ptycho_iterations, desc="sequential/ptychography" + (f" ({label})" if label else ""),
+                  unit="it", disable=not self.progress or None) as bar:
             for sweep in range(1, self.ptycho_iterations + 1):
-                cost = self.retrieval.sweep(psi, step=self.step_size, groups=self.groups, index=sweep)
+                cost = self.retrieval.sweep(psi, step=self.step_size, groups=groups, index=sweep)
                 bar.set_postfix(cost=f"{cost:.4g}")
                 bar.update()
-                if plateau.reached(cost) and all(g.started() for g in self.groups):
+                if plateau.reached(cost) and all(g.started() for g in groups):
                     break
         self.ptycho_cost = cost
-        self.tomography.target = self.retrieval.projections(psi)
-        self.inner = self.solver(self.tomography)
+        return self.retrieval.projections(psi)
 
     def step(self, u: torch.Tensor):
         if self.tomography.target is None:
-            self.retrieve()
+            self.tomography.target = self.retrieve()
+            ptycho_cost = self.ptycho_cost
+            self.inner = self.solver(self.tomography)
+            if self.choose_weights is not None:  # --tv auto: Sequential's own held-out path
+                self.choice = self.choose_weights(self)
+                self.ptycho_cost = ptycho_cost
+                self.inner.problem.tv_delta, self.inner.problem.tv_beta = self.choice.tv_delta, self.choice.tv_beta
+                if self.choice.start is not None:
+                    u = self.choice.start
         self.diagnostics = {"ptycho_cost": self.ptycho_cost}
         if self.direct:
             u = self.tomography.filtered_back_projection()

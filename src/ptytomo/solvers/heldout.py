@@ -27,7 +27,7 @@ frames from the chosen point.  No truth is used.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -68,15 +68,17 @@ class HeldOutChoice:
     record: dict = field(default_factory=dict)  # lists: the held-out curve along the path
 
 
-def holdout_frames(valid: np.ndarray, fraction: float = HELDOUT_FRACTION, seed: int = 0) -> np.ndarray:
+def holdout_frames(valid: np.ndarray, fraction: float = HELDOUT_FRACTION, seed: int = 0,
+                   first_angle: int = 0) -> np.ndarray:
     """Bool (A, J): round(fraction * valid frames) random frames of each angle, drawn from the
-    angle's own seeded stream (under torchrun: the rank's angle index)."""
+    angle's own seeded stream, keyed by its index in the whole file (``first_angle``: this rank's
+    first), so that any number of ranks holds out the same frames."""
     held = np.zeros_like(valid, dtype=bool)
     for a in range(valid.shape[0]):
         candidates = np.flatnonzero(valid[a])
         count = int(round(fraction * len(candidates)))
         if count:
-            rng = np.random.default_rng([seed, a])
+            rng = np.random.default_rng([seed, first_angle + a])
             held[a, rng.choice(candidates, size=count, replace=False)] = True
     return held
 
@@ -120,7 +122,11 @@ class HeldOutPath:
     """Runs the two stages of the path on the training frames, scoring every iterate on the held-out ones."""
 
     def __init__(self, objective, held: np.ndarray, optimizer_options: dict, nonnegative: bool,
-                 iterations_per_weight: int, budget: int, tolerance: float, comm=None, held_objective=None):
+                 iterations_per_weight: int, budget: int, tolerance: float, comm=None, held_objective=None,
+                 new_optimizer=None, training=None):
+        """``new_optimizer()`` makes a stage's optimiser of the regularised problem whose weights the path
+        sets, and ``training()`` is the context its steps run in; by default the joint method's (its own
+        objective with the held-out frames weighted zero).  Sequential passes its tomography's instead."""
         self.objective = objective
         self.held_objective = held_objective  # the held-out frames alone; None: mask the full objective
         model = objective.model
@@ -130,8 +136,9 @@ class HeldOutPath:
         self.train_weight = as_weight(all_frames & ~held_t)
         self.held_weight = as_weight(held_t)
         self.held_count = comm.total(int(held.sum())) if comm is not None else int(held.sum())
-        self.optimizer_options = optimizer_options
-        self.nonnegative = nonnegative
+        self.new_optimizer = new_optimizer or (lambda: make_optimizer(
+            problem=Regularised(objective, 0.0, 0.0, nonnegative), **optimizer_options))
+        self.training = training or (lambda: frame_weights(objective, self.train_weight))
         self.iterations_per_weight = iterations_per_weight
         self.budget = budget
         self.tolerance = tolerance
@@ -164,7 +171,7 @@ class HeldOutPath:
         for k in range(self.iterations_per_weight):
             if self.iterations_done >= self.budget:
                 break
-            with frame_weights(self.objective, self.train_weight):
+            with self.training():
                 u, cost = optimizer.step(u)
             self.iterations_done += 1
             misfit = self.heldout_misfit(u)
@@ -194,8 +201,7 @@ class HeldOutPath:
         """One warm-started sequence of weight pairs; stops once it is past the best for a while."""
         worse = 0
         step = first_step
-        problem = Regularised(self.objective, 0.0, 0.0, self.nonnegative)
-        optimizer = make_optimizer(problem=problem, **self.optimizer_options)
+        optimizer = self.new_optimizer()
         for weights in weight_pairs:
             if self.iterations_done >= self.budget:
                 break
@@ -229,23 +235,40 @@ FINISH_FRACTION = 0.1  # of the iteration limit: the finish on all frames from t
 
 def finish_iterations(iterations: int) -> int:
     """The finish only adds the held-out frames' information to a converged point: a short run."""
-    return max(5, math.ceil(FINISH_FRACTION * iterations))
+    return min(iterations, max(5, math.ceil(FINISH_FRACTION * iterations)))
+
+
+def held_out_frames(data, seed: int = 0, comm=None) -> tuple[np.ndarray, str | None, int]:
+    """This rank's held-out frames (A, J), the note when they are too few to compare weights (None
+    otherwise), and their count over all ranks."""
+    valid = data.valid_or_all()
+    first_angle = 0
+    if comm is not None and comm.size > 1:
+        first_angle = int(comm.gather(np.array([valid.shape[0]]))[: comm.rank].sum())
+    held = holdout_frames(valid, seed=seed, first_angle=first_angle)
+    total = lambda n: comm.total(n) if comm is not None else n
+    held_total = total(int(held.sum()))
+    return held, too_few_frames_note(held_total, total(int(valid.sum()))), held_total
 
 
 def choose_weights(objective, data, tv_delta: float, tv_beta: float, optimizer_options: dict,
                    nonnegative: bool, iterations: int, tolerance: float, seed: int = 0, comm=None,
-                   build_objective=None) -> HeldOutChoice:
+                   build_objective=None, sequential=None) -> HeldOutChoice:
     """The TV weights (and the volume to finish from) of the lowest held-out misfit; ``tv_delta`` and
     ``tv_beta`` are the fixed weights the path is scaled from.  ``iterations`` is the run's limit:
     the path takes at most ``PATH_BUDGET`` times it.  ``build_objective(data)`` makes the objective
-    of a subset of ``data`` (the held-out frames), with ``objective``'s loss and probe."""
-    valid = data.valid_or_all()
-    held = holdout_frames(valid, seed=seed)
-    total = lambda n: comm.total(n) if comm is not None else n
-    note = too_few_frames_note(total(int(held.sum())), total(int(valid.sum())))
+    of a subset of ``data`` (the held-out frames), with ``objective``'s loss and probe.
+
+    With ``sequential`` (a :class:`~ptytomo.solvers.baselines.Sequential` whose ptychography ran on all
+    frames), the path is Sequential's own: its ptychography again on the training frames (probe and
+    positions as refined, not refined further), then its tomography along the path, every iterate
+    scored by the held-out frames under the volume; the returned start is a tomography iterate, and
+    the tomography target is left as it was (all frames).  Sequential's per-angle ptychography leaves
+    artefacts that only TV removes, so its best weights are not the joint method's."""
+    held, note, held_total = held_out_frames(data, seed, comm)
     if note:
         return HeldOutChoice(tv_delta=tv_delta, tv_beta=tv_beta, start=None, note=note,
-                             record={"heldout_frames": total(int(held.sum()))})
+                             record={"heldout_frames": held_total})
     per_weight = max(5, math.ceil(PATH_BUDGET * iterations / len(JOINT_MULTIPLIERS)))
     held_data = held_frames_only(data, held) if build_objective is not None else None
     held_objective = build_objective(held_data) if held_data is not None else None
@@ -254,4 +277,15 @@ def choose_weights(objective, data, tv_delta: float, tv_beta: float, optimizer_o
                        held_objective=held_objective)
     model = objective.model
     u0 = torch.zeros(model.volume_shape, dtype=model.complex_dtype, device=model.device)
-    return path.run(tv_delta, tv_beta, u0)
+    if sequential is None:
+        return path.run(tv_delta, tv_beta, u0)
+    tomography = sequential.tomography
+    all_frames = tomography.target
+    with frame_weights(objective, path.train_weight):
+        tomography.target = sequential.retrieve(groups=(), label="training frames for --tv auto")
+    path.new_optimizer = lambda: sequential.solver(tomography)
+    path.training = nullcontext
+    try:
+        return path.run(tv_delta, tv_beta, u0)
+    finally:
+        tomography.target = all_frames

@@ -253,6 +253,7 @@ def iterate(
     main: bool = True,
     identity: dict | None = None,
     comm=None,
+    extra=None,
 ) -> RunResult:
     """Run ``optimizer`` from ``u0`` (or a resumed checkpoint) for up to ``iterations`` in all.
 
@@ -265,6 +266,8 @@ def iterate(
     and every option that changes the result) is stored with it, and a
     checkpoint of another kind is refused.  Ctrl-C stops after the current
     iteration, on every rank of ``comm`` at the same one (:class:`StopRequest`).
+    ``extra()`` (a dict, asked at every checkpoint) is stored as the checkpoint's ``"extra"``: what the
+    run chose on the way and a resumed run must reuse (``--tv auto``'s weights).
     """
     u = u0
     history = History()
@@ -287,7 +290,7 @@ def iterate(
                 save_checkpoint(
                     checkpoint_path,
                     {"u": u.cpu(), "iteration": iteration, "history": history.columns, "identity": identity,
-                     "optimizer": _to_device(state, torch.device("cpu"))},
+                     "optimizer": _to_device(state, torch.device("cpu")), "extra": extra() if extra else {}},
                 )
 
     stopped_by = "iterations"
