@@ -9,6 +9,7 @@ delta / beta, the chosen weights, iterations and seconds.
 
     python benchmarks/heldout.py                               # 16^3, 24 angles, 3 steps, 3 methods: ~10 min on 1 core
     python benchmarks/heldout.py --methods joint --steps 2 4 --grid   # the joint method beside the best fixed weight
+    python benchmarks/heldout.py --methods joint --steps 4 --doses 1e4 1e5 --loss poisson   # the Poisson cost
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from ptytomo import SimulationConfig, simulate
 from ptytomo.reconstruct import ReconstructOptions, reconstruct
 
 PROBES = {"disc 7 px": dict(probe="disc", probe_diameter=7.0), "focused": dict(probe="focused")}
-DOSES = {"1e4": dict(photons=1e4, noise="poisson"), "noise-free": dict(noise="none")}
+DOSES = {"1e4": dict(photons=1e4, noise="poisson"), "1e5": dict(photons=1e5, noise="poisson"),
+         "noise-free": dict(noise="none")}
 GRID = (3.0, 1.0, 1 / 3, 1 / 9)
 
 
@@ -48,25 +50,29 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--methods", nargs="+", default=["joint", "sequential", "admm"],
                         choices=("joint", "sequential", "admm"))
+    parser.add_argument("--doses", nargs="+", default=["1e4", "noise-free"], choices=tuple(DOSES))
+    parser.add_argument("--loss", default="amplitude", choices=("amplitude", "poisson"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"{args.size}^3 woven wires, {args.angles} angles, {args.detector} px detector, oversample 2, lbfgs, "
-          "--refine none; rel. RMSE delta / beta; 'iterations' of auto = path + run (sequential: tomography)")
+          f"--refine none, --loss {args.loss}; rel. RMSE delta / beta; 'iterations' of auto = path + run "
+          "(sequential: tomography)")
     print("| probe | step (overlap) | dose | method | fixed | best fixed (grid) | auto | auto TV delta / beta "
           "| iterations fixed / auto | seconds fixed / auto |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for (probe, probe_kw), step, (dose, dose_kw) in itertools.product(PROBES.items(), args.steps, DOSES.items()):
+    doses = {name: DOSES[name] for name in args.doses}
+    for (probe, probe_kw), step, (dose, dose_kw) in itertools.product(PROBES.items(), args.steps, doses.items()):
         config = SimulationConfig(size=args.size, n_angles=args.angles, detector_size=args.detector, step=step,
                                   oversample=2, device="cpu", **probe_kw, **dose_kw)
         data = simulate(config, progress=False)
         overlap = data.simulation.get("overlap", float("nan"))
         for method in args.methods:
-            fixed = timed(data, method=method)
+            fixed = timed(data, method=method, loss=args.loss)
             best = "-"
             if args.grid and method == "joint":
-                grid = [timed(data, method=method, tv_delta=0.1 * m, tv_beta=0.01 * m) for m in GRID]
+                grid = [timed(data, method=method, loss=args.loss, tv_delta=0.1 * m, tv_beta=0.01 * m) for m in GRID]
                 best = f"{min(r['delta'] for r in grid):.3f} / {min(r['beta'] for r in grid):.3f}"
-            auto = timed(data, method=method, tv="auto")
+            auto = timed(data, method=method, tv="auto", loss=args.loss)
             print(f"| {probe} | {step} ({overlap:.0%}) | {dose} | {method} | {fixed['delta']:.3f} / {fixed['beta']:.3f} "
                   f"| {best} | {auto['delta']:.3f} / {auto['beta']:.3f} | {auto['tv'][0]:.2g} / {auto['tv'][1]:.2g} "
                   f"| {fixed['iterations']} / {auto['iterations']} | {fixed['seconds']:.1f} / {auto['seconds']:.1f} |",

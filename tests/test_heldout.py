@@ -270,8 +270,35 @@ def test_sequential_runs_its_own_path_through_its_tomography():
                                                                   p["heldout_tv_beta"][chosen])
     assert np.isfinite(p["relative_rmse_delta"]) and p["iterations_limit"] == 20
     fixed = reconstruct(data, ReconstructOptions(tv="fixed", **options), progress=False)
-    # Measured: delta 0.55 -> 0.53, beta 2.39 -> 0.82 (1e4 photons: the path chose stronger TV).
-    assert p["relative_rmse_beta"] < 0.6 * fixed.parameters["relative_rmse_beta"]
+    # Measured: delta 0.472 -> 0.442, beta 1.52 -> 0.82 (1e4 photons: the path chose stronger TV).
+    assert p["relative_rmse_beta"] < 0.7 * fixed.parameters["relative_rmse_beta"]
+    assert p["relative_rmse_delta"] < 1.05 * fixed.parameters["relative_rmse_delta"]
+
+
+def test_admm_runs_its_own_path_and_finishes_from_the_chosen_point():
+    """ADMM's path steps ADMM itself on the training frames (its split-off psi warm-started from each
+    point), and the run finishes from the chosen volume, not from zero."""
+    from ptytomo.solvers import heldout
+    from ptytomo.solvers.baselines import Admm
+
+    steppers = []
+    run = heldout.HeldOutPath.run
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(heldout.HeldOutPath, "run",
+                        lambda self, *a: steppers.append(self.new_optimizer()) or run(self, *a))
+    data = simulate(SimulationConfig(**{**SMALL, "n_angles": 12}, photons=1e4, noise="poisson"))
+    options = dict(device="cpu", method="admm", iterations=20)
+    try:
+        recon = reconstruct(data, ReconstructOptions(tv="auto", **options), progress=False)
+    finally:
+        monkeypatch.undo()
+    assert len(steppers) == 1 and isinstance(steppers[0], Admm)
+    p = recon.parameters
+    assert p["iterations_limit"] == 5 and p["heldout_path_iterations"] > 5
+    fixed = reconstruct(data, ReconstructOptions(tv="fixed", **options), progress=False)
+    # Measured: delta 0.776 -> 0.516, beta 2.86 -> 0.80 (1e4 photons: the path chose stronger TV).
+    assert p["relative_rmse_beta"] < 0.5 * fixed.parameters["relative_rmse_beta"]
+    assert p["relative_rmse_delta"] < 0.8 * fixed.parameters["relative_rmse_delta"]
 
 
 def test_evaluations_are_a_history_column():

@@ -153,7 +153,7 @@ class JointObjective:
         if model.valid is not None:
             self.valid_weight = model.valid.to(device=model.device, dtype=model.real_dtype)[..., None, None]
         self.scaling = Scaling(to_u=model.k * model.voxel_size_m, cost=1.0)
-        self.scaling.cost = TARGET_LIPSCHITZ / self.lipschitz_at_zero()
+        self.normalise()
         self.evaluations = 0
         # Parameter groups (probe, positions, ...) that take their gradients from the next
         # evaluations' residuals; set by the stepper for the iterations in which they update.
@@ -223,6 +223,13 @@ class JointObjective:
 
     def value(self, u: torch.Tensor) -> float:
         return self.value_and_grad(u, need_grad=False)[0]
+
+    def normalise(self) -> None:
+        """Scale the cost to a Lipschitz constant of TARGET_LIPSCHITZ at u = 0 for the model's current
+        windows: again after the windows moved far (coarse alignment), so that a TV weight means the same
+        whatever the recorded positions' errors were."""
+        self.scaling.cost = 1.0
+        self.scaling.cost = TARGET_LIPSCHITZ / self.lipschitz_at_zero()
 
     def lipschitz_at_zero(self, iterations: int = 8, seed: int = 0) -> float:
         """Largest eigenvalue of 2 J^T J at u = 0 (J: du -> far fields), by power iteration."""

@@ -44,7 +44,8 @@ class ReconstructOptions:
 
     TV weights act on the normalised problem of :mod:`ptytomo.objective`
     (cost scaled to a Lipschitz constant of 100), separately on delta and beta.
-    The defaults were chosen on data simulated on a 2x finer grid (no inverse
+    The fixed weights (``tv="fixed"``; the default ``tv="auto"`` scales its path of weights from them)
+    were chosen on data simulated on a 2x finer grid (no inverse
     crime) with two phantoms, three overlaps and doses from 1e4 photons per
     frame to noise-free (benchmarks/tune_defaults.py).  With ``tv_dose_scaling``
     the beta weight grows as sqrt(1e6 / median photons per frame) below 1e6
@@ -320,6 +321,8 @@ def align_before_loop(objective: JointObjective, groups: list, options: Reconstr
     if comm.is_main and not bool(found.any()):
         log.info("coarse alignment: no shifts that make the projections agree better; starting from none")
     shifts.set(found)
+    if comm.anyone(bool(found.any())):  # every rank, or none: the power iteration sums over ranks
+        objective.normalise()  # windows moved by up to --max-shift: the illumination of the volume changed
 
 
 def make_stepper(objective: JointObjective, options: ReconstructOptions, tv_beta: float, progress: bool = True,
@@ -377,7 +380,7 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
     model = objective.model
     tv_beta = options.tv_beta * (beta_dose_factor(counts) if options.tv_dose_scaling else 1.0)
     iterations = options.iterations or (1 if options.tomography == "fbp" else DEFAULT_ITERATIONS[options.method])
-    # The path is the joint method's, budgeted by the joint iteration limit whichever method follows.
+    # --tv auto's calibration run (probe, positions) is the joint method's, with the joint iteration limit.
     path_iterations = iterations if options.method == "joint" else DEFAULT_ITERATIONS["joint"]
     resumed = load_checkpoint(options.resume) if options.resume else None
     chosen = (resumed or {}).get("extra", {}) if options.chooses_tv() else {}
@@ -385,9 +388,12 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
     if "tv_delta" in chosen:  # a resumed --tv auto run keeps the weights it chose (and its finish)
         tv_delta, tv_beta = chosen["tv_delta"], chosen["tv_beta"]
         iterations = finish_iterations(iterations) if chosen["finish"] else iterations
-    elif options.chooses_tv() and options.method != "sequential":  # admm solves the joint problem too
+    elif options.chooses_tv() and options.method != "sequential":
         scored = calibrate_for_heldout(objective, data, options, tv_beta, path_iterations, groups, comm)
-        heldout = held_out_weights(objective, scored, options, tv_beta, path_iterations, comm)
+        # ADMM's own path: its steps (groups frozen) on the training frames, warm-started along the weights
+        admm = (lambda: make_stepper(objective, options, tv_beta, progress=False, comm=comm)) \
+            if options.method == "admm" else None
+        heldout = held_out_weights(objective, scored, options, tv_beta, iterations, comm, new_stepper=admm)
         tv_delta, tv_beta = heldout.tv_delta, heldout.tv_beta
     stepper = make_stepper(objective, replace(options, tv_delta=tv_delta), tv_beta, progress and comm.is_main,
                            comm, groups)
@@ -402,13 +408,13 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
     u0 = torch.zeros(model.volume_shape, dtype=model.complex_dtype, device=model.device)
     # The joint method finishes on all frames from the chosen point; a baseline runs as usual with the
     # weights the joint path chose (its tomography half uses the same TV, meaning the same).
-    if heldout is not None and heldout.start is not None and options.method == "joint":
+    if heldout is not None and heldout.start is not None and options.method in ("joint", "admm"):
         u0, iterations = heldout.start, finish_iterations(iterations)
 
     def weights_in_use() -> dict:
         choice = getattr(stepper, "choice", None)
         weights = (choice.tv_delta, choice.tv_beta) if choice is not None else (tv_delta, tv_beta)
-        finish = options.method == "joint" and (heldout is not None and heldout.start is not None
+        finish = options.method in ("joint", "admm") and (heldout is not None and heldout.start is not None
                                                 or bool(chosen.get("finish")))
         return dict(zip(("tv_delta", "tv_beta"), weights), finish=finish) if options.chooses_tv() else {}
 
@@ -492,7 +498,7 @@ def with_model_positions(data: PtychoTomoData, model) -> PtychoTomoData:
 
 
 def held_out_weights(objective: JointObjective, data: PtychoTomoData, options: ReconstructOptions, tv_beta: float,
-                     iterations: int, comm: Comm = SOLO, sequential=None):
+                     iterations: int, comm: Comm = SOLO, sequential=None, new_stepper=None):
     """``--tv auto``: the weights of the lowest held-out misfit along a path scaled from the fixed ones
     (the joint method's path, or ``sequential``'s own: solvers.heldout.choose_weights)."""
     from .solvers.heldout import choose_weights
@@ -503,7 +509,7 @@ def held_out_weights(objective: JointObjective, data: PtychoTomoData, options: R
         dict(name=options.optimizer, alpha0=options.alpha0, eps=options.eps, learning_rate=options.learning_rate),
         options.nonnegative, iterations, options.tolerance, seed=options.seed, comm=comm,
         build_objective=lambda subset: held_frames_objective(objective, subset, options, comm, probe),
-        sequential=sequential)
+        sequential=sequential, new_stepper=new_stepper)
     if choice.note and comm.is_main:
         log.warning(choice.note)
     return choice

@@ -133,9 +133,18 @@ class Admm:
         self.ptycho_step = ptycho_step
         psi = self.retrieval.initial()
         self.state = {"psi": psi, "h": psi.clone(), "lam": torch.zeros_like(psi), "rho": float(rho)}
+        self.started = False  # the first step sets psi = h = exp(i R' u) of its u (psi = 1 from u = 0)
         # One tomography optimiser for the whole run: its curvature memory carries over targets.
         self.inner = solver(self.tomography)
         self.diagnostics: dict[str, float] = {}
+
+    @property
+    def problem(self):
+        """The regularised tomography problem, whose TV weights ``--tv auto``'s path sets."""
+        return self.inner.problem
+
+    def objective_changed(self) -> None:
+        self.inner.objective_changed()
 
     def transmission(self, u: torch.Tensor) -> torch.Tensor:
         """h = exp(i R' u) on the padded plane for all angles."""
@@ -147,6 +156,11 @@ class Admm:
 
     def step(self, u: torch.Tensor):
         st = self.state
+        if not self.started:  # a warm start (--tv auto's path and finish) splits off its own transmission
+            self.started = True
+            if bool(u.any()):
+                st["h"] = self.transmission(u)
+                st["psi"], st["lam"] = st["h"].clone(), torch.zeros_like(st["h"])
         psi, lam, rho = st["psi"], st["lam"], st["rho"]
         # 1. ptychography: proximal steps towards h - lam / rho
         target = st["h"] - lam / rho
@@ -191,6 +205,7 @@ class Admm:
 
     def load_state_dict(self, state: dict) -> None:
         state = dict(state)
+        self.started = True
         self.inner.load_state_dict(state.pop("inner"))
         self.sweeps = int(state.pop("sweeps"))
         load_group_states(self.groups, state["groups"])

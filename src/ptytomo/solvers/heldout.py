@@ -253,7 +253,7 @@ def held_out_frames(data, seed: int = 0, comm=None) -> tuple[np.ndarray, str | N
 
 def choose_weights(objective, data, tv_delta: float, tv_beta: float, optimizer_options: dict,
                    nonnegative: bool, iterations: int, tolerance: float, seed: int = 0, comm=None,
-                   build_objective=None, sequential=None) -> HeldOutChoice:
+                   build_objective=None, sequential=None, new_stepper=None) -> HeldOutChoice:
     """The TV weights (and the volume to finish from) of the lowest held-out misfit; ``tv_delta`` and
     ``tv_beta`` are the fixed weights the path is scaled from.  ``iterations`` is the run's limit:
     the path takes at most ``PATH_BUDGET`` times it.  ``build_objective(data)`` makes the objective
@@ -264,7 +264,11 @@ def choose_weights(objective, data, tv_delta: float, tv_beta: float, optimizer_o
     positions as refined, not refined further), then its tomography along the path, every iterate
     scored by the held-out frames under the volume; the returned start is a tomography iterate, and
     the tomography target is left as it was (all frames).  Sequential's per-angle ptychography leaves
-    artefacts that only TV removes, so its best weights are not the joint method's."""
+    artefacts that only TV removes, so its best weights are not the joint method's.
+
+    ``new_stepper()`` (ADMM's) replaces the joint optimiser on the training frames: a stepper with
+    ``problem`` (the regularised tomography whose weights the path sets), ``objective_changed`` and
+    ``step``, warm-started from the point it is first stepped from."""
     held, note, held_total = held_out_frames(data, seed, comm)
     if note:
         return HeldOutChoice(tv_delta=tv_delta, tv_beta=tv_beta, start=None, note=note,
@@ -274,7 +278,7 @@ def choose_weights(objective, data, tv_delta: float, tv_beta: float, optimizer_o
     held_objective = build_objective(held_data) if held_data is not None else None
     path = HeldOutPath(objective, held, optimizer_options, nonnegative, per_weight,
                        budget=int(PATH_BUDGET * iterations), tolerance=tolerance, comm=comm,
-                       held_objective=held_objective)
+                       held_objective=held_objective, new_optimizer=new_stepper)
     model = objective.model
     u0 = torch.zeros(model.volume_shape, dtype=model.complex_dtype, device=model.device)
     if sequential is None:
