@@ -100,6 +100,10 @@ def test_heldout_record_survives_the_file_and_draws_a_figure(tmp_path):
     assert np.allclose(back.parameters["heldout_misfit"], recon.parameters["heldout_misfit"])
     paths = write_report(back, tmp_path / "figures")
     assert (tmp_path / "figures" / HELDOUT_NAME) in paths and (tmp_path / "figures" / HELDOUT_NAME).stat().st_size
+    from ptytomo.cli import summary_line
+
+    p = back.parameters  # the CLI's closing line names the chosen weights
+    assert f"TV delta {p['effective_tv_delta']:.3g}, beta {p['effective_tv_beta']:.3g} chosen on" in summary_line(back)
 
 
 def test_too_few_heldout_frames_is_one_line_and_keeps_the_fixed_weights(caplog):

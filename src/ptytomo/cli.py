@@ -333,6 +333,9 @@ def summary_line(recon) -> str:
     p = recon.parameters
     text = f"{recon.method}/{p['optimizer']}: {len(recon.history['iteration'])} iterations " \
            f"in {recon.history['time_s'][-1]:.1f} s, stopped by {p['stopped_by']}, final cost {recon.history['cost'][-1]:.4g}"
+    if "heldout_best_misfit" in p:  # --tv auto ran its path (the curve: the file, and `ptytomo report`)
+        text += (f"; TV delta {p['effective_tv_delta']:.3g}, beta {p['effective_tv_beta']:.3g} chosen on "
+                 f"{p['heldout_frames']} held-out frames ({p['heldout_path_iterations']} path iterations)")
     if "relative_rmse_delta" in p:
         text += f"; relative RMSE delta {p['relative_rmse_delta']:.3f}, beta {p['relative_rmse_beta']:.3f}"
     return text
