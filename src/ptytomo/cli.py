@@ -242,7 +242,7 @@ def _add_reconstruct(sub) -> None:
                    help=f"TV weight on beta; given alone, it implies --tv fixed (default {d.tv_beta:g})")
     p.add_argument("--tv", default=None, choices=TV_CHOICES,
                    help="auto: weights chosen on 5 %% held-out frames along a path scaled from --tv-delta/--tv-beta "
-                        "(joint and admm: the joint path; sequential: its own; 1.2-3x the time); fixed: "
+                        "(each method along its own path; 1-4x the time); fixed: "
                         "--tv-delta/--tv-beta as given (default: auto, or fixed when a weight is given)")
     p.add_argument("--no-tv-dose-scaling", action="store_true",
                    help="keep --tv-beta fixed instead of growing it as sqrt(1e6 / photons per frame) at low dose")

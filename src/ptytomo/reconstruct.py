@@ -406,8 +406,7 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
     if data.truth is not None:
         truth = torch.from_numpy(np.asarray(data.truth)).to(device=model.device, dtype=model.complex_dtype)
     u0 = torch.zeros(model.volume_shape, dtype=model.complex_dtype, device=model.device)
-    # The joint method finishes on all frames from the chosen point; a baseline runs as usual with the
-    # weights the joint path chose (its tomography half uses the same TV, meaning the same).
+    # --tv auto: joint and ADMM finish on all frames from the chosen point (Sequential: Sequential.step).
     if heldout is not None and heldout.start is not None and options.method in ("joint", "admm"):
         u0, iterations = heldout.start, finish_iterations(iterations)
 

@@ -22,6 +22,12 @@ its held-out misfit has stopped improving (``STALE_PATIENCE``).  A second
 objective made of the held-out frames alone scores each iterate (a forward
 pass over 5 % of the frames).  The reconstruction then finishes on all the
 frames from the chosen point.  No truth is used.
+
+``--tv auto`` is the default of every method with a TV prior, and each walks
+the path with its own steps: the joint optimiser, ADMM's steps
+(``new_stepper``), or Sequential's tomography after a ptychography of the
+training frames (``sequential``).  With the probe or positions refined,
+``reconstruct.calibrate_for_heldout`` refines them first.
 """
 
 from __future__ import annotations
