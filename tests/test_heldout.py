@@ -62,12 +62,29 @@ def test_auto_lands_within_20_percent_of_the_best_fixed_weight(auto_runs, name):
     p = auto_runs[name].parameters
     assert p["heldout_frames"] >= MIN_HELDOUT_FRAMES
     assert len(p["heldout_misfit"]) == len(p["heldout_tv_delta"]) == p["heldout_path_iterations"]
-    # No truth is used: the chosen point is the lowest scored held-out misfit of the path.
+    # No truth is used: the chosen point's held-out misfit is within one standard error of the path's lowest.
     scored = [m for m, s in zip(p["heldout_misfit"], p["heldout_scored"]) if s]
     chosen = p["heldout_iteration"].index(p["heldout_chosen_iteration"])
-    assert p["heldout_misfit"][chosen] == min(scored)
+    assert min(scored) <= p["heldout_misfit"][chosen] <= min(scored) + p["heldout_standard_error"]
+    assert p["heldout_best_misfit"] == min(scored)
     assert (p["effective_tv_delta"], p["effective_tv_beta"]) == (p["heldout_tv_delta"][chosen],
                                                                   p["heldout_tv_beta"][chosen])
+
+
+def test_weights_the_heldout_frames_cannot_tell_apart_go_to_the_fixed_ones():
+    from ptytomo.solvers.heldout import Candidate, closest_within_one_standard_error
+
+    def candidate(scale, misfit, spread=0.01):
+        return Candidate((0.1 * scale, 0.01 * scale), misfit, spread, torch.zeros(1), 0)
+
+    # Without noise the misfit keeps falling, by less than its standard error, as TV weakens.
+    path = [candidate(3, 1.20), candidate(1, 1.008), candidate(1 / 3, 1.005), candidate(1 / 9, 1.000)]
+    assert closest_within_one_standard_error(path, (0.1, 0.01)).weights == (0.1, 0.01)
+    # A clear minimum wins, even far from the fixed weights.
+    path[1].misfit = 1.2
+    assert closest_within_one_standard_error(path, (0.1, 0.01)).weights == pytest.approx((0.1 / 3, 0.01 / 3))
+    path[2].misfit = 1.1
+    assert closest_within_one_standard_error(path, (0.1, 0.01)).weights == pytest.approx((0.1 / 9, 0.01 / 9))
 
 
 def test_tv_auto_scores_its_path_against_the_refined_probe_and_positions():
@@ -79,7 +96,7 @@ def test_tv_auto_scores_its_path_against_the_refined_probe_and_positions():
                               noise="poisson", photons=1e5, device="cpu")
     data = simulate(config, progress=False)
     recon = reconstruct(data, ReconstructOptions(iterations=80, device="cpu", tv="auto"), progress=False)
-    # Measured: delta 0.476, beta 0.696 (the fixed weights: 0.434, 0.634); 80 calibration iterations.
+    # Measured: delta 0.428, beta 0.751 (the fixed weights: 0.434, 0.634); 80 calibration iterations.
     delta, beta = relative_errors(recon)
     assert delta < 0.55 and beta < 0.85
     assert recon.parameters["heldout_calibration_iterations"] > 10
@@ -300,9 +317,9 @@ def test_admm_runs_its_own_path_and_finishes_from_the_chosen_point():
     p = recon.parameters
     assert p["iterations_limit"] == 5 and p["heldout_path_iterations"] > 5
     fixed = reconstruct(data, ReconstructOptions(tv="fixed", **options), progress=False)
-    # Measured: delta 0.776 -> 0.516, beta 2.86 -> 0.80 (1e4 photons: the path chose stronger TV).
+    # Measured: delta 0.776 -> 0.587, beta 2.86 -> 1.13 (1e4 photons: the path chose stronger TV).
     assert p["relative_rmse_beta"] < 0.5 * fixed.parameters["relative_rmse_beta"]
-    assert p["relative_rmse_delta"] < 0.8 * fixed.parameters["relative_rmse_delta"]
+    assert p["relative_rmse_delta"] < 0.85 * fixed.parameters["relative_rmse_delta"]
 
 
 def test_evaluations_are_a_history_column():

@@ -224,6 +224,20 @@ class JointObjective:
     def value(self, u: torch.Tensor) -> float:
         return self.value_and_grad(u, need_grad=False)[0]
 
+    @torch.no_grad()
+    def frame_costs(self, u: torch.Tensor) -> torch.Tensor:
+        """Raw (probe-normalised, unscaled) data cost of every frame (A, J) of this rank's angles, float64 on
+        the CPU; frames whose weight is zero (padding, held out) cost 0.  No listener sees these residuals."""
+        model = self.model
+        x = u / self.scaling.to_u
+        costs = []
+        for b, batch in enumerate(model.batches):
+            fields = model.ptychography(b).forward(model.transmission(x, b))
+            cost, _ = detector_residual(self.loss, fields, self.amplitudes[batch], self.batch_weight(batch),
+                                        per_frame=True)
+            costs.append(cost.to(torch.float64).cpu())
+        return torch.cat(costs)
+
     def normalise(self) -> None:
         """Scale the cost to a Lipschitz constant of TARGET_LIPSCHITZ at u = 0 for the model's current
         windows: again after the windows moved far (coarse alignment), so that a TV weight means the same

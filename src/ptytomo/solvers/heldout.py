@@ -6,15 +6,20 @@ volume, which they did not shape, measures how well the volume predicts data
 it has not seen.  Too much TV blurs the object (the held-out frames' far
 fields are missed); too little lets noise and model error into the volume,
 which predicts the next frame worse.  So the weights, and the iteration at
-which to stop, are those of the lowest held-out misfit along a path:
+which to stop, are chosen by the held-out misfit along a path:
 
 1. delta and beta weights scaled together, from 3x the fixed weights
    (``--tv-delta``, ``--tv-beta`` with the dose scaling; a zero weight stays
    zero) down by a factor 3 per step, each step warm-started from the
    previous one's end (large TV first: a smooth start the smaller weights
-   refine; L-BFGS keeps its memory too);
-2. from the best point of (1), the beta weight alone, down and up by 3 and 9
-   (beta is the weak signal whose best weight differs most between data sets).
+   refine; L-BFGS keeps its memory too).  Of the weights whose best misfit is
+   within one standard error of the lowest (the held-out frames cannot tell
+   them apart), the one closest to the fixed weights is kept: without noise
+   the misfit keeps falling, by less and less, as TV weakens, since model
+   error that fits the training frames fits the held-out ones too;
+2. from that point, the beta weight alone, down and up by 3 and 9 (beta is
+   the weak signal whose best weight differs most between data sets): the
+   lowest misfit.
 
 The path stops early once the held-out misfit has been worse than the best
 for two weights in a row, and each weight stops at the tolerance or when
@@ -61,6 +66,32 @@ HELDOUT_TOLERANCE = 1e-2
 STALE_PATIENCE = 3
 WARMUP = 2  # iterations at a new weight before its held-out misfit counts
 PATH_BUDGET = 2.0  # path iterations in all, as a multiple of the iteration limit (the finish adds 10 %)
+
+
+@dataclass
+class Candidate:
+    """One weight pair's best point on the path: what the one-standard-error rule compares."""
+
+    weights: tuple[float, float]
+    misfit: float  # mean raw cost per held-out frame
+    spread: float  # the standard error of that mean over the held-out frames
+    u: torch.Tensor  # the volume there (CPU copy)
+    iteration: int  # path iterations done when it was reached
+
+
+def closest_within_one_standard_error(candidates: list, reference: tuple[float, float]) -> "Candidate":
+    """Of the weights whose held-out misfit is within one standard error of the lowest, those closest to
+    ``reference`` (the fixed weights; distance in log weight): the held-out frames cannot tell those
+    weights apart, so the documented default breaks the tie.  The standard error is that of the lowest
+    mean misfit over the held-out frames (how much it would move had other frames been drawn; the
+    one-standard-error rule of Hastie, Tibshirani & Friedman, Elements of Statistical Learning, 7.10)."""
+    best = min(candidates, key=lambda c: c.misfit)
+    tied = [c for c in candidates if c.misfit <= best.misfit + best.spread]
+
+    def distance(c):
+        return sum(abs(math.log(w / r)) for w, r in zip(c.weights, reference) if w > 0 and r > 0)
+
+    return min(tied, key=lambda c: (distance(c), c.misfit))
 
 
 @dataclass
@@ -150,18 +181,33 @@ class HeldOutPath:
         self.tolerance = tolerance
         self.curve = {"step": [], "iteration": [], "tv_delta": [], "tv_beta": [], "misfit": [],
                       "train_cost": [], "scored": []}
-        self.best = (math.inf, None, None, -1)  # (misfit, weights, u, path iteration)
+        self.comm = comm
+        if held_objective is None:  # which entries of the scoring objective's (A, J) are held-out frames
+            self.scored_frames = torch.as_tensor(held)
+        else:
+            scored = held_objective.model.valid
+            self.scored_frames = (torch.ones(held_objective.model.positions.shape[:2], dtype=torch.bool)
+                                  if scored is None else scored.cpu())
+        self.best = (math.inf, None, None, -1)  # (misfit, weights, u, path iteration): the lowest misfit
+        self.candidates: list[Candidate] = []  # every weight's best point, this stage
         self.iterations_done = 0
+        self.spread = math.nan  # the standard error of the latest held-out misfit
 
     def heldout_misfit(self, u: torch.Tensor) -> float:
-        """Mean raw data cost per held-out frame (probe-normalised units, comparable along the path)."""
+        """Mean raw data cost per held-out frame (probe-normalised units, comparable along the path); sets
+        ``spread``, its standard error over the held-out frames."""
         if self.held_objective is not None:
-            scored = self.held_objective
-            raw = scored.value(u) / scored.scaling.cost
+            costs = self.held_objective.frame_costs(u)
         else:
             with frame_weights(self.objective, self.held_weight):
-                raw = self.objective.value(u) / self.objective.scaling.cost
-        return raw / max(self.held_count, 1)
+                costs = self.objective.frame_costs(u)
+        frames = costs[self.scored_frames]
+        sums = torch.stack([frames.sum(), (frames**2).sum()])
+        total, squares = (self.comm.sum(sums) if self.comm is not None else sums).tolist()
+        n = max(self.held_count, 1)
+        mean = total / n
+        self.spread = math.sqrt(max(squares / n - mean * mean, 0.0) / max(n - 1, 1))
+        return mean
 
     def run_weight(self, step: int, weights: tuple[float, float], u: torch.Tensor,
                    optimizer) -> tuple[torch.Tensor, float]:
@@ -174,6 +220,7 @@ class HeldOutPath:
         optimizer.problem.tv_delta, optimizer.problem.tv_beta = weights
         optimizer.objective_changed()
         plateau, best_here, first_here, stale = Plateau(self.tolerance), math.inf, None, 0
+        candidate = None
         for k in range(self.iterations_per_weight):
             if self.iterations_done >= self.budget:
                 break
@@ -192,10 +239,14 @@ class HeldOutPath:
                 stale += 1
             if misfit < best_here:
                 best_here = misfit
+                candidate = Candidate(weights, misfit, self.spread, u.detach().to("cpu", copy=True),
+                                      self.iterations_done)
                 if misfit < self.best[0]:
-                    self.best = (misfit, weights, u.clone(), self.iterations_done)
+                    self.best = (misfit, weights, None, self.iterations_done)
             if plateau.reached(cost) or stale >= STALE_PATIENCE:
                 break
+        if candidate is not None:
+            self.candidates.append(candidate)
         return u, best_here
 
     def log_point(self, step, weights, misfit, cost, scored: bool) -> None:
@@ -221,19 +272,27 @@ class HeldOutPath:
 
     def run(self, tv_delta: float, tv_beta: float, u0: torch.Tensor) -> HeldOutChoice:
         step = self.run_stage([(tv_delta * s, tv_beta * s) for s in JOINT_MULTIPLIERS], u0, 0)
-        if self.best[1] is None:  # no finite held-out misfit (a diverged path): nothing to choose from
+        stage_1 = [c for c in self.candidates if math.isfinite(c.misfit)]
+        if not stage_1:  # no finite held-out misfit (a diverged path): nothing to choose from
             note = "--tv auto: the held-out misfit was never finite along the path: keeping the fixed TV weights"
             return HeldOutChoice(tv_delta=tv_delta, tv_beta=tv_beta, start=None, note=note,
                                  record={f"heldout_{k}": v for k, v in self.curve.items()})
-        _, (delta_1, beta_1), u_1, _ = self.best
+        first = closest_within_one_standard_error(stage_1, (tv_delta, tv_beta))
+        tie = min(stage_1, key=lambda c: c.misfit).spread
+        (delta_1, beta_1), u_1 = first.weights, first.u.to(u0.device)
         # Stage 2, beta alone: down from the stage-1 point first, then up (each branch warm from it).
+        self.candidates = []
         step = self.run_stage([(delta_1, beta_1 * s) for s in BETA_MULTIPLIERS if s < 1], u_1.clone(), step)
         self.run_stage([(delta_1, beta_1 * s) for s in BETA_MULTIPLIERS if s > 1], u_1.clone(), step)
-        misfit, (delta, beta), u_best, at = self.best
+        # Stage 2 keeps the lowest misfit: beta is the weak signal whose weight differs most between data
+        # sets, and the stage explores it from the stage-1 point only.
+        chosen = min([first] + [c for c in self.candidates if math.isfinite(c.misfit)], key=lambda c: c.misfit)
         record = {f"heldout_{k}": v for k, v in self.curve.items()}
-        record.update(heldout_frames=self.held_count, heldout_chosen_iteration=at,
-                      heldout_path_iterations=self.iterations_done, heldout_best_misfit=misfit)
-        return HeldOutChoice(tv_delta=delta, tv_beta=beta, start=u_best, record=record)
+        record.update(heldout_frames=self.held_count, heldout_chosen_iteration=chosen.iteration,
+                      heldout_path_iterations=self.iterations_done, heldout_best_misfit=self.best[0],
+                      heldout_chosen_misfit=chosen.misfit, heldout_standard_error=tie)
+        return HeldOutChoice(tv_delta=chosen.weights[0], tv_beta=chosen.weights[1], start=chosen.u.to(u0.device),
+                             record=record)
 
 
 FINISH_FRACTION = 0.1  # of the iteration limit: the finish on all frames from the chosen point
