@@ -153,6 +153,16 @@ def test_holdout_frames_are_seeded_per_angle_and_skip_padding():
     assert not np.array_equal(held, holdout_frames(valid, fraction=0.05, seed=4))
 
 
+def test_ranks_hold_out_the_frames_one_rank_holds_out():
+    """Each angle's draw is keyed by its index in the file, so a rank's share of the angles, told its first
+    angle, holds out what the one-rank run holds out for those angles."""
+    valid = np.ones((7, 40), dtype=bool)
+    whole = holdout_frames(valid, seed=2)
+    shares = [holdout_frames(valid[start:stop], seed=2, first_angle=start) for start, stop in ((0, 3), (3, 5), (5, 7))]
+    assert np.array_equal(np.concatenate(shares), whole)
+    assert not np.array_equal(holdout_frames(valid[3:5], seed=2), whole[3:5])  # the local index would differ
+
+
 def test_tv_auto_is_the_default_where_there_is_a_tv_prior_and_refused_by_hand_elsewhere():
     from ptytomo.cli import build_parser, options_from_args
 
