@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from interrupting import Interrupting
 from ptytomo import SimulationConfig, simulate
 from ptytomo.io import read_reconstruction, write_reconstruction
 from ptytomo.reconstruct import ReconstructOptions, assess, build_objective, median_frame_counts, reconstruct
@@ -196,7 +197,7 @@ def test_a_resumed_tv_auto_run_keeps_its_weights_and_gives_the_uninterrupted_res
     assert limit == 5 and straight.parameters["effective_tv_delta"] != 0.1  # a finish of 5 from a chosen weight
 
     make_stepper = module.make_stepper
-    monkeypatch.setattr(module, "make_stepper", lambda *a, **k: _Interrupting(make_stepper(*a, **k), at=3))
+    monkeypatch.setattr(module, "make_stepper", lambda *a, **k: Interrupting(make_stepper(*a, **k), at=3))
     checkpoint = tmp_path / "run.ckpt"
     reconstruct(data, ReconstructOptions(**options, checkpoint=str(checkpoint)), progress=False)
     saved = load_checkpoint(checkpoint)
@@ -207,25 +208,6 @@ def test_a_resumed_tv_auto_run_keeps_its_weights_and_gives_the_uninterrupted_res
     np.testing.assert_array_equal(resumed.volume, straight.volume)
     assert resumed.parameters["effective_tv_beta"] == straight.parameters["effective_tv_beta"]
     assert resumed.parameters["iterations_limit"] == limit
-
-
-class _Interrupting:
-    """A stepper that raises KeyboardInterrupt (Ctrl-C) on call ``at``: the run writes its checkpoint."""
-
-    def __init__(self, inner, at):
-        self.inner, self.at, self.calls = inner, at, 0
-
-    def step(self, u):
-        self.calls += 1
-        if self.calls == self.at:
-            raise KeyboardInterrupt
-        return self.inner.step(u)
-
-    def state_dict(self):
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state):
-        self.inner.load_state_dict(state)
 
 
 def test_plateau_measures_the_change_against_the_decrease_so_far():

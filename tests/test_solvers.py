@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from interrupting import Interrupting
 from ptytomo import SimulationConfig, simulate
 from ptytomo.cli import main
 from ptytomo.io import read_reconstruction, write_data
@@ -155,22 +156,6 @@ def test_resume_gives_the_uninterrupted_result(small, tmp_path):
     np.testing.assert_array_equal(resumed.volume, straight.volume)
     np.testing.assert_array_equal(resumed.history["cost"], straight.history["cost"])
     np.testing.assert_array_equal(resumed.history["iteration"], np.arange(1, 7))
-
-
-class Interrupting:
-    """Wraps an optimiser and raises KeyboardInterrupt (as Ctrl-C does) on call ``at``."""
-
-    def __init__(self, inner, at):
-        self.inner, self.at, self.calls = inner, at, 0
-
-    def step(self, u):
-        self.calls += 1
-        if self.calls == self.at:
-            raise KeyboardInterrupt
-        return self.inner.step(u)
-
-    def state_dict(self):
-        return self.inner.state_dict()
 
 
 def test_ctrl_c_keeps_what_it_had(small, tmp_path):

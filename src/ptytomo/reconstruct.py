@@ -407,14 +407,13 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
         truth = torch.from_numpy(np.asarray(data.truth)).to(device=model.device, dtype=model.complex_dtype)
     u0 = torch.zeros(model.volume_shape, dtype=model.complex_dtype, device=model.device)
     # --tv auto: joint and ADMM finish on all frames from the chosen point (Sequential: Sequential.step).
+    finish = bool(chosen.get("finish"))  # a resumed finish (its limit is set above)
     if heldout is not None and heldout.start is not None and options.method in ("joint", "admm"):
-        u0, iterations = heldout.start, finish_iterations(iterations)
+        u0, iterations, finish = heldout.start, finish_iterations(iterations), True
 
     def weights_in_use() -> dict:
         choice = getattr(stepper, "choice", None)
         weights = (choice.tv_delta, choice.tv_beta) if choice is not None else (tv_delta, tv_beta)
-        finish = options.method in ("joint", "admm") and (heldout is not None and heldout.start is not None
-                                                or bool(chosen.get("finish")))
         return dict(zip(("tv_delta", "tv_beta"), weights), finish=finish) if options.chooses_tv() else {}
 
     result = iterate(

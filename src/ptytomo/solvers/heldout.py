@@ -188,7 +188,7 @@ class HeldOutPath:
             scored = held_objective.model.valid
             self.scored_frames = (torch.ones(held_objective.model.positions.shape[:2], dtype=torch.bool)
                                   if scored is None else scored.cpu())
-        self.best = (math.inf, None, None, -1)  # (misfit, weights, u, path iteration): the lowest misfit
+        self.lowest = math.inf  # the lowest held-out misfit of the path so far
         self.candidates: list[Candidate] = []  # every weight's best point, this stage
         self.iterations_done = 0
         self.spread = math.nan  # the standard error of the latest held-out misfit
@@ -241,8 +241,7 @@ class HeldOutPath:
                 best_here = misfit
                 candidate = Candidate(weights, misfit, self.spread, u.detach().to("cpu", copy=True),
                                       self.iterations_done)
-                if misfit < self.best[0]:
-                    self.best = (misfit, weights, None, self.iterations_done)
+                self.lowest = min(self.lowest, misfit)
             if plateau.reached(cost) or stale >= STALE_PATIENCE:
                 break
         if candidate is not None:
@@ -262,7 +261,7 @@ class HeldOutPath:
         for weights in weight_pairs:
             if self.iterations_done >= self.budget:
                 break
-            best_before = self.best[0]
+            best_before = self.lowest
             u, best_here = self.run_weight(step, weights, u, optimizer)
             step += 1
             worse = worse + 1 if best_here > best_before else 0
@@ -289,7 +288,7 @@ class HeldOutPath:
         chosen = min([first] + [c for c in self.candidates if math.isfinite(c.misfit)], key=lambda c: c.misfit)
         record = {f"heldout_{k}": v for k, v in self.curve.items()}
         record.update(heldout_frames=self.held_count, heldout_chosen_iteration=chosen.iteration,
-                      heldout_path_iterations=self.iterations_done, heldout_best_misfit=self.best[0],
+                      heldout_path_iterations=self.iterations_done, heldout_best_misfit=self.lowest,
                       heldout_chosen_misfit=chosen.misfit, heldout_standard_error=tie)
         return HeldOutChoice(tv_delta=chosen.weights[0], tv_beta=chosen.weights[1], start=chosen.u.to(u0.device),
                              record=record)
