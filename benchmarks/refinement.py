@@ -27,7 +27,7 @@ CASES = {
     "positions off 0.5 px": {"position_errors": 0.5},
     "both": {"probe": "focused", "file_probe": "nominal", "position_errors": 0.5},
 }
-REFINES = ("none", "probe", "positions", "auto")  # auto (the default): probe,positions
+REFINES = ("none", "probe", "positions", "probe,positions", "auto")  # auto (the default): probe,positions,shifts
 
 
 def on_sample(data, fraction: float = 0.9) -> np.ndarray:

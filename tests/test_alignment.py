@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from ptytomo.errors import PtytomoError
-from ptytomo.model.shifts import gauge_fit, gauge_translation, remove_gauge
+from ptytomo.model.shifts import bound_reached, gauge_fit, gauge_translation, remove_gauge
 from ptytomo.phantoms import woven_wire
 from ptytomo.reconstruct import ReconstructOptions, build_objective, make_groups, reconstruct
 from ptytomo.simulate import SimulationConfig, simulate
-from ptytomo.solvers.alignment import AlignmentOptions, coarse_align, matching_offsets, translate
+from ptytomo.solvers.alignment import (AlignmentOptions, centre_of_mass_shifts, coarse_align, matching_offsets,
+                                      measured_projections, translate)
 
 ANGLES = np.linspace(0, 2 * np.pi, 24, endpoint=False)
 
@@ -132,20 +133,22 @@ def test_runout_is_found_within_a_fifth_of_a_pixel(small_object):
 
 def test_volume_with_runout_matches_aligned_data(small_object):
     """Runout without its gauge part (the data recorded at positions minus the shifts): the truth
-    volume is then the one the reconstruction aims at, so volume errors compare directly."""
+    volume is then the one the reconstruction aims at, so volume errors compare directly.  The
+    defaults (probe, positions and shifts) on runout data against the defaults on aligned data."""
     iterations = 30
     data = simulate(config(small_object), progress=False)
     aligned = reconstruct(data, ReconstructOptions(iterations=iterations, tolerance=0, device="cpu"), progress=False)
     runout = simulate(config(small_object, runout=3), progress=False).truth_angle_shifts
     shifts = remove_gauge(torch.from_numpy(runout), data.angles).numpy()
     data.positions = data.positions - shifts[:, None, :]  # true = recorded + shift
-    unaligned = reconstruct(data, ReconstructOptions(iterations=iterations, tolerance=0, device="cpu"),
-                            progress=False)
-    recon = reconstruct(data, ReconstructOptions(iterations=iterations, tolerance=0, refine="shifts", device="cpu"),
-                        progress=False)
-    assert rms(recon.angle_shifts - shifts) < 0.05  # measured 0.007 px
+    unaligned = reconstruct(data, ReconstructOptions(iterations=iterations, tolerance=0, refine="probe,positions",
+                                                     device="cpu"), progress=False)
+    recon = reconstruct(data, ReconstructOptions(iterations=iterations, tolerance=0, device="cpu"), progress=False)
+    assert recon.parameters["refined"] == "probe,positions,shifts"
+    assert rms(recon.angle_shifts - shifts) < 0.05  # measured 0.009 px
+    assert aligned.parameters["angle_shift_rms_px"] < 0.05  # aligned data: measured 0.008 px
     errors = [r.parameters["relative_rmse_delta"] for r in (aligned, unaligned, recon)]
-    assert errors[2] < 1.1 * errors[0]  # measured 0.340 against 0.341 (unaligned: 0.873)
+    assert errors[2] < 1.1 * errors[0]  # measured 0.178 against 0.177 (without shifts: 0.882)
     assert errors[1] > 2 * errors[0]  # and without alignment it is much worse
 
 
@@ -171,6 +174,23 @@ def test_coarse_alignment_captures_twenty_pixels_when_the_scan_follows(small_obj
     objective = build_objective(data, ReconstructOptions(refine="shifts", max_shift=25, device="cpu"))
     found = coarse_align(objective, AlignmentOptions(max_shift=25)).numpy()
     assert rms(found - shifts) < 1.0  # measured 0.025 px rms, worst angle 0.06 px
+
+
+def test_coarse_alignment_starts_from_the_centre_of_mass_beyond_the_volume_box(small_object):
+    """30 px rms of gauge-free runout (44 px at the worst angle, nearly three times the 16 px box): the
+    quick volume of unshifted projections holds nothing to match against (projection misfit 0.985),
+    the centre of mass of each phase projection does (0.319), and matching finishes from there."""
+    data = simulate(config(small_object), progress=False)
+    raw = simulate(config(small_object, runout=30), progress=False).truth_angle_shifts
+    shifts = remove_gauge(torch.from_numpy(raw), data.angles).numpy()
+    assert np.abs(shifts).max() > 40
+    data.positions = data.positions - shifts[:, None, :]
+    objective = build_objective(data, ReconstructOptions(refine="shifts", max_shift=90, device="cpu"))
+    start = centre_of_mass_shifts(objective, *measured_projections(objective, 40), torch.from_numpy(data.angles),
+                                  90.0, lambda t: t, lambda t: t).numpy()
+    assert rms(start - shifts) < 3.0  # the start alone: a few pixels
+    found = coarse_align(objective, AlignmentOptions(max_shift=90)).numpy()
+    assert rms(found - shifts) < 0.1  # measured 0.0075 px rms after the whole run (benchmarks/alignment.py)
 
 
 def test_the_joint_loop_finishes_after_twenty_pixels_of_runout(small_object):
@@ -255,3 +275,15 @@ def test_coarse_alignment_refines_a_wrong_probe_first(small_object):
     unchecked = {refine: found(refine_probe=refine, min_gain=-math.inf) for refine in (False, True)}
     assert unchecked[True] < 0.4 and unchecked[False] > 2.0, unchecked
     assert found(refine_probe=False) == 0.0  # the invented shifts are refused
+
+
+def test_shifts_held_at_max_shift_are_reported_in_one_line(small_object):
+    assert bound_reached(np.array([[0.5, -0.2], [0.1, 0.3]]), 1.0) == ""
+    line = bound_reached(np.array([[1.0, -0.2], [0.1, -0.995], [0.2, 0.3]]), 1.0)
+    assert line.startswith("the per-angle shifts of 2 of 3 angles reached --max-shift 1 px") and "\n" not in line
+    data = simulate(config(small_object, runout=3), progress=False)  # 2.2 px rms gauge-free, worst angle > 4 px
+    recon = reconstruct(data, ReconstructOptions(iterations=5, tolerance=0, refine="shifts", max_shift=1.0,
+                                                 tv="fixed", device="cpu"), progress=False)
+    assert np.abs(recon.angle_shifts).max() <= 1.0
+    assert any(w.startswith("the per-angle shifts of") and "--max-shift 1 px" in w
+               for w in recon.parameters["warnings"])

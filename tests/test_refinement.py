@@ -457,9 +457,11 @@ def test_windows_without_position_information_follow_their_angle():
     assert torch.equal(out[:, :2], corrections[:, :2]) and torch.equal(out[1], corrections[1])
 
 
-def test_refine_auto_is_the_default_and_covers_the_probe_and_the_positions():
+def test_refine_auto_is_the_default_and_covers_the_probe_the_positions_and_the_shifts():
     assert ReconstructOptions().refine == "auto"
-    assert ReconstructOptions().refined() == ["probe", "positions"]
+    assert ReconstructOptions().refined() == ["probe", "positions", "shifts"]
+    # a rigid shift of one angle's object is invisible to that angle's 2D ptychography
+    assert ReconstructOptions(method="ptycho").refined() == ["probe", "positions"]
     assert ReconstructOptions(loss="intensity").refined() == []  # no Gauss-Newton step for it: nothing refined
     ReconstructOptions(loss="intensity").check()  # and the default stays valid with every loss
 
@@ -481,4 +483,4 @@ def test_the_defaults_fit_a_focused_beam_at_wrong_positions():
     assert default.parameters["misfit_to_noise"] < 0.01 * fixed.parameters["misfit_to_noise"]
     errors = _position_errors(data, default.positions)
     assert np.median(errors) < 0.18 and np.mean(errors < 0.25) > 0.7
-    assert default.parameters["refined"] == "probe,positions"
+    assert default.parameters["refined"] == "probe,positions,shifts"

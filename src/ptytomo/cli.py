@@ -274,7 +274,8 @@ def _add_reconstruct(sub) -> None:
                    help="under torchrun: how long a rank waits for the others before the job fails")
     p.add_argument("--refine", default=d.refine,
                    help="unknowns refined besides the volume: a comma list of probe, positions, shifts, scale, none, "
-                        "or auto: probe,positions (none with --loss intensity) (default %(default)s)")
+                        "or auto: probe,positions,shifts (--method ptycho: probe,positions; none with --loss intensity) "
+                        "(default %(default)s)")
     p.add_argument("--probe-modes", type=int, default=d.probe_modes,
                    help="K incoherent probe modes (default: as many as the file's probe has)")
     p.add_argument("--probe-init", default=d.probe_init,

@@ -27,7 +27,9 @@ METHODS = ("joint", "sequential", "admm", "ptycho")
 # Defaults that depend on the method (0 in the options means "the method's default").
 # joint/sequential: optimiser iterations; admm: outer iterations (the paper ran 50);
 # ptycho: sweeps of 2D ptychography per angle (no volume).
-AUTO_REFINE = ("probe", "positions")  # --refine auto (the default); shifts and scale are asked for by name
+# --refine auto (the default): measured data come with neither an exact probe, nor exact positions, nor
+# aligned angles; the per-angle incident flux (scale) is asked for by name
+AUTO_REFINE = ("probe", "positions", "shifts")
 DEFAULT_ITERATIONS = {"joint": 100, "sequential": 100, "admm": 50, "ptycho": 300}
 # sequential: ptychography sweeps before the tomography; admm: sweeps per outer iteration.
 DEFAULT_PTYCHO_ITERATIONS = {"sequential": 300, "admm": 4}
@@ -80,8 +82,9 @@ class ReconstructOptions:
     resume: str = ""
     seed: int = 0
     # Refinement of the forward model's other unknowns (parameter groups, ptytomo.model):
-    # comma list of ptytomo.model.GROUPS, "none", or "auto": probe,positions (measured data never come with
-    # an exact probe or exact positions), none with --loss intensity (no Gauss-Newton step for it)
+    # comma list of ptytomo.model.GROUPS, "none", or "auto": probe,positions,shifts (measured data never come
+    # with an exact probe, exact positions or aligned angles; --method ptycho: probe,positions), none with
+    # --loss intensity (no Gauss-Newton step for it)
     refine: str = "auto"
     probe_modes: int = 0  # K incoherent modes; 0: as many as the file's probe has
     probe_init: str = "file"  # file | mean-pattern | disc:D | gaussian:D
@@ -105,7 +108,10 @@ class ReconstructOptions:
 
         text = self.refine.strip()
         if text == "auto":
-            return list(AUTO_REFINE) if self.loss in PTYCHO_STEP else []
+            if self.loss not in PTYCHO_STEP:
+                return []
+            # a rigid shift of one angle's object is invisible to that angle's 2D ptychography
+            return [n for n in AUTO_REFINE if n != "shifts" or self.method != "ptycho"]
         names = [] if text in ("none", "") else [n.strip() for n in text.split(",")]
         for name in names:
             if name not in GROUPS:
@@ -451,12 +457,17 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
     refined = refined_unknowns(objective, groups, stepper, comm)
     parameters.update(refined.pop("parameters", {}))
     if "angle_shifts" in refined:
-        from .model.shifts import shift_summary
+        from .model.shifts import bound_reached, shift_summary
 
         summary, line = shift_summary(refined["angle_shifts"], comm.gather(data.angles))
         parameters.update(summary, angle_shift_summary=line)
+        bound = bound_reached(refined["angle_shifts"], options.max_shift)
         if comm.is_main:
             log.info(line)
+            if bound:
+                log.warning(bound)
+        if bound:
+            parameters["warnings"] = [w for w in parameters["warnings"] if w != "none"] + [bound]
     parameters.update(probe_notes=probe_notes or ["none"], probe_modes_used=int(model.probe.shape[0]),
                       refined=",".join(g.name for g in groups) or "none")
     return Reconstruction(volume=volume, method=options.method, parameters=parameters, history=history,

@@ -125,6 +125,17 @@ def shift_summary(shifts, angles) -> tuple[dict, str]:
     return record, line
 
 
+def bound_reached(shifts, max_shift: float) -> str:
+    """A one-line warning when gauge-free shifts (A, 2) sit at ``--max-shift`` (the runout may be larger
+    than the bound lets the model follow), else an empty string."""
+    shifts = np.abs(np.asarray(shifts, dtype=np.float64))
+    at_bound = int((shifts >= 0.99 * max_shift).any(axis=-1).sum())
+    if not at_bound:
+        return ""
+    return (f"the per-angle shifts of {at_bound} of {len(shifts)} angles reached --max-shift {max_shift:g} px: "
+            f"the runout may be larger; run again with a larger --max-shift")
+
+
 def rms(values: torch.Tensor) -> float:
     """Root mean square per coordinate (FORMAT.md's runout convention) of (..., 2) offsets."""
     return math.sqrt(float(values.pow(2).mean())) if values.numel() else 0.0

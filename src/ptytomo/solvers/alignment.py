@@ -59,7 +59,7 @@ def coarse_align(objective, options: AlignmentOptions, gather=None, share=None, 
     model = objective.model
     all_angles = gather(torch.as_tensor(model.angles, dtype=torch.float64))
     measured, lit = measured_projections(objective, options.sweeps, options.refine_probe)
-    shifts = torch.zeros((model.n_angles, 2), dtype=torch.float64)
+    shifts = starting_shifts(objective, measured, lit, all_angles, options, gather, share, log)
     u = torch.zeros(model.volume_shape, dtype=model.complex_dtype, device=model.device)
     for sigma in options.smoothing:
         for _ in range(options.rounds):
@@ -73,6 +73,48 @@ def coarse_align(objective, options: AlignmentOptions, gather=None, share=None, 
             if log is not None:
                 log(f"coarse alignment (sigma {sigma:g} px): update rms {float(found.pow(2).mean().sqrt()):.3g} px")
     return check_shifts(objective, measured, lit, shifts, options, log)
+
+
+def starting_shifts(objective, measured: torch.Tensor, lit: torch.Tensor, all_angles: torch.Tensor,
+                    options: AlignmentOptions, gather, share, log=None) -> torch.Tensor:
+    """Where projection matching starts: no shifts, or the centre-of-mass shifts where a quick volume's
+    reprojections agree better with them.  The quick volume lives in the volume's projection box, so
+    runout of more than about half the box leaves it nothing to match against; the centre of mass
+    of a compact object's projection has no such limit."""
+    zero = torch.zeros((objective.model.n_angles, 2), dtype=torch.float64)
+    moved = centre_of_mass_shifts(objective, measured, lit, all_angles, options.max_shift, gather, share)
+    iterations = options.rounds * options.tomo_iterations
+    before = projection_misfit(objective, measured, lit, zero, iterations)
+    after = projection_misfit(objective, measured, lit, moved, iterations)
+    if log is not None:
+        log(f"coarse alignment: centre-of-mass shifts rms {float(moved.pow(2).mean().sqrt()):.3g} px; projection "
+            f"misfit {before:.3g} unshifted, {after:.3g} shifted")
+    return moved if after < before else zero
+
+
+def centre_of_mass_shifts(objective, measured: torch.Tensor, lit: torch.Tensor, all_angles: torch.Tensor,
+                          max_shift: float, gather, share) -> torch.Tensor:
+    """Per-angle shifts (A, 2), gauge removed, that move each phase projection's centre of mass onto the
+    one a rigid volume's projections have: the same row at every angle, and the column ``centre +
+    X cos(theta) + Y sin(theta)`` about the rotation axis (the gauge takes X, Y and the row).  Mass is
+    the phase above each angle's median over its lit pixels (the free space around a compact object)."""
+    model = objective.model
+    phase = measured.real * lit
+    background = torch.stack([image[mask > 0].median() if bool((mask > 0).any()) else image.new_zeros(())
+                              for image, mask in zip(phase, lit)])
+    mass = ((phase - background[:, None, None]) * lit).clamp_min(0)
+    box = model.pad(torch.ones(model.volume_shape[0], model.volume_shape[2], dtype=mass.dtype, device=mass.device))
+    rows = torch.arange(mass.shape[-2], dtype=mass.dtype, device=mass.device)
+    cols = torch.arange(mass.shape[-1], dtype=mass.dtype, device=mass.device)
+
+    def centre(weight: torch.Tensor) -> torch.Tensor:  # (..., H, W) -> (..., 2) rows, columns
+        total = weight.sum((-2, -1)).clamp_min(1e-30)
+        return torch.stack([(weight.sum(-1) * rows).sum(-1) / total, (weight.sum(-2) * cols).sum(-1) / total], -1)
+
+    # undoing a shift s moves the measured projection by +s (module docstring): its centre goes to the axis'
+    moved = (centre(box)[None] - centre(mass)).to(torch.float64).cpu()
+    moved = torch.where(mass.sum((-2, -1)).cpu()[:, None] > 0, moved, torch.zeros_like(moved))
+    return share(remove_gauge(gather(moved), all_angles)).clamp(-max_shift, max_shift)
 
 
 def check_shifts(objective, measured: torch.Tensor, lit: torch.Tensor, shifts: torch.Tensor,
