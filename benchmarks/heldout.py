@@ -25,7 +25,8 @@ from ptytomo import SimulationConfig, simulate
 from ptytomo.reconstruct import ReconstructOptions, reconstruct
 
 PROBES = {"disc 7 px": dict(probe="disc", probe_diameter=7.0), "focused": dict(probe="focused")}
-DOSES = {"1e4": dict(photons=1e4, noise="poisson"), "1e5": dict(photons=1e5, noise="poisson"),
+DOSES = {"1e2": dict(photons=1e2, noise="poisson"), "1e3": dict(photons=1e3, noise="poisson"),
+         "1e4": dict(photons=1e4, noise="poisson"), "1e5": dict(photons=1e5, noise="poisson"),
          "noise-free": dict(noise="none")}
 GRID = (3.0, 1.0, 1 / 3, 1 / 9)
 

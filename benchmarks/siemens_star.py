@@ -112,7 +112,7 @@ def imported(data: str) -> dict:
 
 def reconstruct(data: str, output: str, refine: str, modes: int, extra: list[str]) -> float:
     argv = ["reconstruct", data, "-o", output, "--method", "ptycho", "--refine", refine, "--quiet", *extra]
-    if refine != "none":
+    if refine != "none" and modes:  # --probe-modes 0: reconstruct's default, as many modes as the file's probe
         argv += ["--probe-modes", str(modes)]
     return run(argv)
 
@@ -177,7 +177,8 @@ def main() -> None:
     parser.add_argument("--check-imports", default="disc,pupil",
                         help="guesses whose files are also imported with the defaults, to report the DC and "
                              "sign decisions (comma list; '' for none)")
-    parser.add_argument("--probe-modes", type=int, default=3)
+    parser.add_argument("--probe-modes", type=int, default=3,
+                        help="modes of the refined runs (0: reconstruct's default, the file's)")
     parser.add_argument("--device", default=None, help="passed to reconstruct (default: its own, auto)")
     parser.add_argument("--extra", default="", help="more reconstruct options, one string (default none)")
     parser.add_argument("--seed", type=int, default=0)
