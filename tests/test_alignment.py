@@ -110,7 +110,11 @@ def test_options_are_checked():
     with pytest.raises(PtytomoError, match="--coarse-align"):
         ReconstructOptions(coarse_align="yes").check()
     with pytest.raises(PtytomoError, match="--max-shift"):
-        ReconstructOptions(max_shift=0).check()
+        ReconstructOptions(max_shift=-1).check()
+    ReconstructOptions(max_shift=0).check()  # auto: 10 px, or 10 % of the volume's height or width if more
+    assert ReconstructOptions().shift_bound((16, 16, 16)) == 10.0
+    assert ReconstructOptions().shift_bound((400, 300, 500)) == 50.0
+    assert ReconstructOptions(max_shift=4).shift_bound((400, 300, 500)) == 4.0
     assert ReconstructOptions(refine="probe,shifts").refined() == ["probe", "shifts"]
 
 
@@ -225,6 +229,7 @@ def test_cli_writes_and_reports_angle_shifts(tmp_path, capsys):
     recon = read_reconstruction(out)
     assert recon.angle_shifts.shape == (8, 2) and float(np.abs(recon.angle_shifts).max()) <= 4
     assert recon.parameters["max_shift"] == 4 and recon.parameters["coarse_align"] == "on"
+    assert recon.parameters["effective_max_shift"] == 4
     assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
     assert (tmp_path / "report" / "angle_shifts.png").exists()
 

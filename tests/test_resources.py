@@ -20,7 +20,7 @@ from ptytomo.errors import PtytomoError
 from ptytomo.io import write_data
 from ptytomo.reconstruct import ReconstructOptions
 from ptytomo.resources import (
-    ReconstructionShapes, check_disk, check_disks, format_bytes, is_out_of_memory, plan_import, plan_reconstruction,
+    ALIGNMENT_PLANES, ReconstructionShapes, check_disk, check_disks, format_bytes, is_out_of_memory, plan_import, plan_reconstruction,
     plan_simulation, reconstruction_shapes, require_reconstruction_fits, require_simulation_fits,
 )
 from ptytomo.simulate import SimulationConfig, simulate
@@ -124,6 +124,16 @@ def test_plan_grows_and_shrinks_as_it_should():
                                                                 stream="on", device=CPU).host["batch work"]
     admm = plan_reconstruction(BEAMLINE, replace(options, method="admm"), stream="on", device=CPU)
     assert admm.host["per-angle state"] > 0 and admm.host_bytes > streamed.host_bytes
+    # the coarse alignment of --refine shifts (on by default) holds planes of every angle, on the plane
+    # padded by the probe and the shifts' margin, before the joint loop: --max-shift 10 gives 11 px a side,
+    # the default (auto) 10 % of the 1000 px volume, 101 px a side
+    shifted = plan_reconstruction(BEAMLINE, replace(options, refine="shifts", max_shift=10), stream="on", device=CPU)
+    assert shifted.host["per-angle state"] == 1000 * (1000 + 2 * 128 + 2 * 11) ** 2 * 8 * ALIGNMENT_PLANES
+    assert plan_reconstruction(BEAMLINE, replace(options, refine="shifts", coarse_align="off"), stream="on",
+                               device=CPU).host["per-angle state"] == 0
+    defaults = plan_reconstruction(BEAMLINE, ReconstructOptions(device="cpu"), stream="on", device=CPU)
+    side = 1000 + 2 * 128 + 2 * (101 + 6)  # the positions' margin too: --max-position-correction 4, + 2
+    assert defaults.host["per-angle state"] == 1000 * side**2 * 8 * ALIGNMENT_PLANES
 
 
 def test_refusals_name_what_would_fit():

@@ -304,7 +304,8 @@ def _add_reconstruct(sub) -> None:
     p.add_argument("--shifts-start", type=int, default=d.shifts_start,
                    help="--refine shifts: first joint iteration of per-angle shift updates (default %(default)s)")
     p.add_argument("--max-shift", type=float, default=d.max_shift, metavar="PX",
-                   help="--refine shifts: largest per-angle shift per coordinate, pixels (default %(default)g)")
+                   help="--refine shifts: largest per-angle shift per coordinate, pixels; 0: auto, the larger of "
+                        "10 px and 10 %% of the volume's height or width (default %(default)g)")
     p.add_argument("--coarse-align", default=d.coarse_align, choices=("on", "off"),
                    help="--refine shifts: projection matching before the loop or the baseline's tomography "
                         "(default %(default)s)")

@@ -36,6 +36,7 @@ DEFAULT_PTYCHO_ITERATIONS = {"sequential": 300, "admm": 4}
 TOMOGRAPHY_SOLVERS = ("iterative", "fbp")
 RHO_UPDATES = ("fixed", "balance")
 TV_CHOICES = ("fixed", "auto")
+AUTO_MAX_SHIFT, AUTO_SHIFT_FRACTION = 10.0, 0.1  # --max-shift 0 (auto): pixels, fraction of the volume
 POSITION_SCALES = ("auto", "pinned", "free")
 log = logging.getLogger("ptytomo")
 
@@ -99,7 +100,9 @@ class ReconstructOptions:
     # probe is refined (its curvature trades with the scale) and the corrections are not --position-affine
     position_scale: str = "auto"
     shifts_start: int = 20  # first joint iteration of per-angle shift updates (model/shifts.py)
-    max_shift: float = 10.0  # pixels per coordinate; also the model's padding for the shifted windows
+    # pixels per coordinate; also the model's padding for the shifted windows; 0: auto, the larger of 10 px
+    # and 10 % of the volume's width or height (measured series drift by tens of pixels: issue 11)
+    max_shift: float = 0.0
     coarse_align: str = "on"  # with --refine shifts: projection matching before the loop (solvers/alignment.py)
 
     def refined(self) -> list[str]:
@@ -118,6 +121,12 @@ class ReconstructOptions:
                 raise PtytomoError(f"--refine {self.refine!r}: unknown {name!r}; choose from "
                                    f"{', '.join(GROUPS)} (comma-separated) or none")
         return [n for n in GROUPS if n in names]
+
+    def shift_bound(self, volume_shape) -> float:
+        """The largest per-angle shift per coordinate in pixels: ``max_shift``, or with 0 (auto) the larger of
+        AUTO_MAX_SHIFT and AUTO_SHIFT_FRACTION of the volume's height or width."""
+        nz, _, nx = volume_shape
+        return float(self.max_shift or max(AUTO_MAX_SHIFT, AUTO_SHIFT_FRACTION * max(nz, nx)))
 
     def pins_scan_scale(self) -> bool:
         """Whether the position corrections' scale of the scan is pinned (``position_scale``)."""
@@ -168,8 +177,8 @@ class ReconstructOptions:
             raise PtytomoError(f"--position-scale {self.position_scale!r}: choose one of {', '.join(POSITION_SCALES)}")
         if self.coarse_align not in ("on", "off"):
             raise PtytomoError(f"--coarse-align {self.coarse_align!r}: choose on or off")
-        if not (math.isfinite(self.max_shift) and self.max_shift > 0):
-            raise PtytomoError(f"--max-shift must be a number > 0, got {self.max_shift}")
+        if not (math.isfinite(self.max_shift) and self.max_shift >= 0):
+            raise PtytomoError(f"--max-shift must be a number of pixels > 0 (0: auto), got {self.max_shift}")
         if self.probe_updates < 1:
             raise PtytomoError(f"--probe-updates must be >= 1, got {self.probe_updates}")
         for name in ("probe_modes", "probe_start", "positions_start", "positions_wait", "shifts_start"):
@@ -263,7 +272,7 @@ def build_objective(data: PtychoTomoData, options: ReconstructOptions, comm: Com
     refined = options.refined()
     # room for the corrections and the first update's search (PositionOptions.search_radius)
     margin = math.ceil(options.max_position_correction) + 2 if "positions" in refined else 0
-    margin += math.ceil(options.max_shift) + 1 if "shifts" in refined else 0  # shifted windows stay inside
+    margin += math.ceil(options.shift_bound(g.volume_shape)) + 1 if "shifts" in refined else 0  # windows stay inside
     model = JointModel(
         g.volume_shape, g.voxel_size_m, g.energy_kev, data.angles, data.positions,
         data.probe if probe is None else probe, valid=data.valid, angle_batch=options.angle_batch or None,
@@ -296,7 +305,7 @@ def make_groups(objective: JointObjective, options: ReconstructOptions, comm: Co
                                      share=lambda t: share_of(comm, t, model.recorded_positions)))
     if "shifts" in refined:
         groups.append(ShiftsGroup(model, ShiftOptions(enabled=True, start=options.shifts_start,
-                                                      max_shift=options.max_shift),
+                                                      max_shift=options.shift_bound(model.volume_shape)),
                                   gather=lambda t: gather_angles(comm, t),
                                   share=lambda t: share_of(comm, t, model.recorded_positions)))
     if "scale" in refined:
@@ -321,7 +330,8 @@ def align_before_loop(objective: JointObjective, groups: list, options: Reconstr
         return
     model = objective.model
     refine_probe = any(g.name == "probe" for g in groups)
-    found = coarse_align(objective, AlignmentOptions(max_shift=options.max_shift, refine_probe=refine_probe),
+    bound = options.shift_bound(model.volume_shape)
+    found = coarse_align(objective, AlignmentOptions(max_shift=bound, refine_probe=refine_probe),
                          gather=lambda t: gather_angles(comm, t),
                          share=lambda t: share_of(comm, t, model.recorded_positions), log=log.debug)
     if comm.is_main and not bool(found.any()):
@@ -445,6 +455,7 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
         iterations_limit=iterations, stopped_by=result.stopped_by, cost_scale=objective.scaling.cost, phase_per_unit_x=to_u,
         angle_batch=model.angle_batch, device=str(model.device), warnings=warnings or ["none"],
         effective_tv_beta=tv_beta, effective_tv_delta=tv_delta,
+        effective_max_shift=options.shift_bound(data.geometry.volume_shape) if "shifts" in options.refined() else 0.0,
     )
     if heldout is not None:
         parameters.update(heldout.record, heldout_calibration_iterations=getattr(objective, "calibration_iterations", 0))
@@ -461,7 +472,7 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
 
         summary, line = shift_summary(refined["angle_shifts"], comm.gather(data.angles))
         parameters.update(summary, angle_shift_summary=line)
-        bound = bound_reached(refined["angle_shifts"], options.max_shift)
+        bound = bound_reached(refined["angle_shifts"], options.shift_bound(data.geometry.volume_shape))
         if comm.is_main:
             log.info(line)
             if bound:

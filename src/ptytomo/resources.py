@@ -48,6 +48,10 @@ REDUCTION_VOLUMES = 3  # Comm.sum's padded buffer, pieces and total under torchr
 # admm: psi, h, lambda, illumination, preconditioner and the tomography target;
 # ptycho (2D per angle): transmissions, illumination and its preconditioner.
 PER_ANGLE_PLANES = {"joint": 0, "sequential": 5, "admm": 6, "ptycho": 3}
+# The coarse alignment before the loop (--refine shifts, solvers/alignment.py), freed before the loop
+# starts: its ptychography's transmissions, illumination and preconditioner, the projections and their
+# lit mask, their moved copies, and the FFTs of a translation or a cross-correlation (counted, not measured)
+ALIGNMENT_PLANES = 8
 CHECKPOINT_PLANES = {"joint": 0, "sequential": 2, "admm": 3, "ptycho": 1}
 # Frame-sized complex arrays of one angle batch during a cost-and-gradient
 # evaluation: windows, exit waves, far fields, residual and its adjoint.
@@ -215,7 +219,7 @@ def effective_angle_batch(shapes: ReconstructionShapes, options, n_angles: int, 
 
 def _refines_frames(options) -> bool:
     """Probe or position refinement keeps about one more set of frames (their gradients) per batch."""
-    return any(name in ("probe", "positions") for name in options.refined())
+    return any(name in ("probe", "positions", "shifts") for name in options.refined())
 
 
 def plan_reconstruction(shapes: ReconstructionShapes, options, ranks: int = 1, stream: str = "auto",
@@ -233,7 +237,14 @@ def plan_reconstruction(shapes: ReconstructionShapes, options, ranks: int = 1, s
     modes = _modes(shapes, options)
     batch = effective_angle_batch(shapes, options, a, device)
     frame = j * m * m  # elements of one angle's frames
-    plane = (nz + 2 * m) * (nx + 2 * m)  # padded projection H x W (windows may stick out by M on each side)
+    refined = options.refined()
+    margin = (math.ceil(options.max_position_correction) + 2 if "positions" in refined else 0) + \
+        (math.ceil(options.shift_bound(shapes.volume_shape)) + 1 if "shifts" in refined else 0)  # as build_objective's
+    # padded projection H x W (windows may stick out by M on each side, and by the refinement's margin)
+    plane = (nz + 2 * m + 2 * margin) * (nx + 2 * m + 2 * margin)
+    planes = PER_ANGLE_PLANES.get(options.method, 0)
+    if "shifts" in refined and options.coarse_align == "on":  # the alignment's planes go before the loop's
+        planes = max(planes, ALIGNMENT_PLANES)
 
     streamed = should_stream(stream, a * frame * 4, device)
     if streamed:  # two batches in flight: read as float32, converted, copied to the device
@@ -248,7 +259,7 @@ def plan_reconstruction(shapes: ReconstructionShapes, options, ranks: int = 1, s
     compute = {
         "volume state": voxels * cplx * (VOLUME_COPIES.get(options.optimizer, max(VOLUME_COPIES.values()))
                                          + (REDUCTION_VOLUMES if ranks > 1 else 0)),
-        "per-angle state": a * plane * cplx * PER_ANGLE_PLANES.get(options.method, 0),
+        "per-angle state": a * plane * cplx * planes,
         "projector": _projector_bytes(a, shapes.volume_shape, real),
         "batch work": batch * (frame * cplx * frame_sets * modes + 3 * plane * cplx),
         "frames": frames_device,
