@@ -150,15 +150,24 @@ def projection_misfit(objective, measured: torch.Tensor, lit: torch.Tensor, shif
 def measured_projections(objective, sweeps: int, refine_probe: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(projections xi = unwrapped phase + i attenuation, lit mask), both (A, H, W) on the padded plane,
     from ``sweeps`` sweeps of per-angle ptychography with the model's positions, refining the model's
-    probe on the way if asked (it keeps the refined probe: the run's own probe group goes on from it)."""
+    probe on the way if asked (it keeps the refined probe: the run's own probe group goes on from it).
+
+    The probe is refined first, in ``sweeps`` sweeps with the free space outside the volume's
+    projection box pinned to O = 1 (what ties the probe's scale and shape down: released, a nominal
+    disc for a focused beam gave projections a quick volume could not explain, projection misfit 0.99),
+    then frozen for ``sweeps`` more with the free space released, as the object may sit anywhere a shift
+    put it."""
     from ..model.probe import ProbeGroup, ProbeOptions
 
     retrieval = PtychographyRetrieval(objective)
-    retrieval.free_space.fill_(False)  # the object may sit anywhere a shift put it
-    groups = [ProbeGroup(objective.model, ProbeOptions(enabled=True))] if refine_probe else []
     psi = retrieval.initial()
+    if refine_probe:
+        groups = [ProbeGroup(objective.model, ProbeOptions(enabled=True))]
+        for sweep in range(sweeps):
+            retrieval.sweep(psi, groups=groups, index=sweep)
+    retrieval.free_space.fill_(False)
     for sweep in range(sweeps):
-        retrieval.sweep(psi, groups=groups, index=sweep)
+        retrieval.sweep(psi)
     brightest = retrieval.illumination.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
     lit = retrieval.illumination > LIT_FRACTION * brightest
     psi = torch.where(lit, psi, torch.ones_like(psi))  # unlit pixels carry nothing: free space
