@@ -59,7 +59,7 @@ def coarse_align(objective, options: AlignmentOptions, gather=None, share=None, 
     model = objective.model
     all_angles = gather(torch.as_tensor(model.angles, dtype=torch.float64))
     measured, lit = measured_projections(objective, options.sweeps, options.refine_probe)
-    shifts = starting_shifts(objective, measured, lit, all_angles, options, gather, share, log)
+    shifts, unshifted = starting_shifts(objective, measured, lit, all_angles, options, gather, share, log)
     u = torch.zeros(model.volume_shape, dtype=model.complex_dtype, device=model.device)
     for sigma in options.smoothing:
         for _ in range(options.rounds):
@@ -72,15 +72,16 @@ def coarse_align(objective, options: AlignmentOptions, gather=None, share=None, 
                                                                                     options.max_shift)
             if log is not None:
                 log(f"coarse alignment (sigma {sigma:g} px): update rms {float(found.pow(2).mean().sqrt()):.3g} px")
-    return check_shifts(objective, measured, lit, shifts, options, log)
+    return check_shifts(objective, measured, lit, shifts, options, log, unshifted=unshifted)
 
 
 def starting_shifts(objective, measured: torch.Tensor, lit: torch.Tensor, all_angles: torch.Tensor,
-                    options: AlignmentOptions, gather, share, log=None) -> torch.Tensor:
+                    options: AlignmentOptions, gather, share, log=None) -> tuple[torch.Tensor, float]:
     """Where projection matching starts: no shifts, or the centre-of-mass shifts where a quick volume's
-    reprojections agree better with them.  The quick volume lives in the volume's projection box, so
-    runout of more than about half the box leaves it nothing to match against; the centre of mass
-    of a compact object's projection has no such limit."""
+    reprojections agree better with them; and the unshifted projections' misfit (check_shifts' too).
+    The quick volume lives in the volume's projection box, so runout of more than about half the box
+    leaves it nothing to match against; the centre of mass of a compact object's projection has no
+    such limit."""
     zero = torch.zeros((objective.model.n_angles, 2), dtype=torch.float64)
     moved = centre_of_mass_shifts(objective, measured, lit, all_angles, options.max_shift, gather, share)
     iterations = options.rounds * options.tomo_iterations
@@ -89,7 +90,7 @@ def starting_shifts(objective, measured: torch.Tensor, lit: torch.Tensor, all_an
     if log is not None:
         log(f"coarse alignment: centre-of-mass shifts rms {float(moved.pow(2).mean().sqrt()):.3g} px; projection "
             f"misfit {before:.3g} unshifted, {after:.3g} shifted")
-    return moved if after < before else zero
+    return (moved if after < before else zero), before
 
 
 def centre_of_mass_shifts(objective, measured: torch.Tensor, lit: torch.Tensor, all_angles: torch.Tensor,
@@ -118,15 +119,16 @@ def centre_of_mass_shifts(objective, measured: torch.Tensor, lit: torch.Tensor, 
 
 
 def check_shifts(objective, measured: torch.Tensor, lit: torch.Tensor, shifts: torch.Tensor,
-                 options: AlignmentOptions, log=None) -> torch.Tensor:
+                 options: AlignmentOptions, log=None, unshifted: float | None = None) -> torch.Tensor:
     """``shifts`` if the projections moved by them agree with a quick volume's reprojections better by
     ``min_gain`` (relative misfit) than unmoved, else zeros.  Projection matching on poor projections
     (few angles, little contrast) converges to shifts that explain nothing: measured on the 8^3, 5-angle
     file of tests/test_distributed.py, up to 4.6 px on aligned data.  Both volumes start from zero and
-    take the same steps, so neither comparison is favoured."""
+    take the same steps, so neither comparison is favoured.  ``unshifted``: the unmoved projections'
+    misfit, when already measured (starting_shifts)."""
     iterations = options.rounds * options.tomo_iterations
     zero = torch.zeros_like(shifts)
-    before = projection_misfit(objective, measured, lit, zero, iterations)
+    before = projection_misfit(objective, measured, lit, zero, iterations) if unshifted is None else unshifted
     after = projection_misfit(objective, measured, lit, shifts, iterations)
     if log is not None:
         log(f"coarse alignment: projection misfit {before:.3g} unshifted, {after:.3g} shifted")
