@@ -218,7 +218,7 @@ def effective_angle_batch(shapes: ReconstructionShapes, options, n_angles: int, 
 
 
 def _refines_frames(options) -> bool:
-    """Probe or position refinement keeps about one more set of frames (their gradients) per batch."""
+    """Probe, position or shift refinement keeps about one more set of frames (their gradients) per batch."""
     return any(name in ("probe", "positions", "shifts") for name in options.refined())
 
 

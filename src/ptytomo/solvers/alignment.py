@@ -114,8 +114,12 @@ def centre_of_mass_shifts(objective, measured: torch.Tensor, lit: torch.Tensor, 
 
     # undoing a shift s moves the measured projection by +s (module docstring): its centre goes to the axis'
     moved = (centre(box)[None] - centre(mass)).to(torch.float64).cpu()
-    moved = torch.where(mass.sum((-2, -1)).cpu()[:, None] > 0, moved, torch.zeros_like(moved))
-    return share(remove_gauge(gather(moved), all_angles)).clamp(-max_shift, max_shift)
+    # an angle without mass (a scan that missed the object) has no centre: it neither enters the gauge
+    # fit nor gets the gauge's part as a shift
+    has_mass = gather((mass.sum((-2, -1)) > 0).to(torch.float64).cpu())
+    whole = remove_gauge(gather(moved), all_angles, weights=has_mass)
+    whole = torch.where(has_mass[:, None] > 0, whole, torch.zeros_like(whole))
+    return share(whole).clamp(-max_shift, max_shift)
 
 
 def check_shifts(objective, measured: torch.Tensor, lit: torch.Tensor, shifts: torch.Tensor,
@@ -154,7 +158,7 @@ def measured_projections(objective, sweeps: int, refine_probe: bool = False) -> 
     from ``sweeps`` sweeps of per-angle ptychography with the model's positions, refining the model's
     probe on the way if asked (it keeps the refined probe: the run's own probe group goes on from it).
 
-    The probe is refined first, in ``sweeps`` sweeps with the free space outside the volume's
+    With ``refine_probe``, the probe is refined first, in ``sweeps`` sweeps with the free space outside the volume's
     projection box pinned to O = 1 (what ties the probe's scale and shape down: released, a nominal
     disc for a focused beam gave projections a quick volume could not explain, projection misfit 0.99),
     then frozen for ``sweeps`` more with the free space released, as the object may sit anywhere a shift
