@@ -128,6 +128,14 @@ class ReconstructOptions:
         nz, _, nx = volume_shape
         return float(self.max_shift or max(AUTO_MAX_SHIFT, AUTO_SHIFT_FRACTION * max(nz, nx)))
 
+    def window_margin(self, volume_shape) -> int:
+        """Pixels of padding a side beyond the probe for the windows the refined groups move: room for the
+        position corrections and the first update's search (PositionOptions.search_radius), and for the
+        per-angle shifts."""
+        refined = self.refined()
+        margin = math.ceil(self.max_position_correction) + 2 if "positions" in refined else 0
+        return margin + (math.ceil(self.shift_bound(volume_shape)) + 1 if "shifts" in refined else 0)
+
     def pins_scan_scale(self) -> bool:
         """Whether the position corrections' scale of the scan is pinned (``position_scale``)."""
         if self.position_scale == "auto":
@@ -270,9 +278,7 @@ def build_objective(data: PtychoTomoData, options: ReconstructOptions, comm: Com
     real_dtype, _ = resolve_precision(options.precision)
     g = data.geometry
     refined = options.refined()
-    # room for the corrections and the first update's search (PositionOptions.search_radius)
-    margin = math.ceil(options.max_position_correction) + 2 if "positions" in refined else 0
-    margin += math.ceil(options.shift_bound(g.volume_shape)) + 1 if "shifts" in refined else 0  # windows stay inside
+    margin = options.window_margin(g.volume_shape)
     model = JointModel(
         g.volume_shape, g.voxel_size_m, g.energy_kev, data.angles, data.positions,
         data.probe if probe is None else probe, valid=data.valid, angle_batch=options.angle_batch or None,

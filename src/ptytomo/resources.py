@@ -238,8 +238,7 @@ def plan_reconstruction(shapes: ReconstructionShapes, options, ranks: int = 1, s
     batch = effective_angle_batch(shapes, options, a, device)
     frame = j * m * m  # elements of one angle's frames
     refined = options.refined()
-    margin = (math.ceil(options.max_position_correction) + 2 if "positions" in refined else 0) + \
-        (math.ceil(options.shift_bound(shapes.volume_shape)) + 1 if "shifts" in refined else 0)  # as build_objective's
+    margin = options.window_margin(shapes.volume_shape)
     # padded projection H x W (windows may stick out by M on each side, and by the refinement's margin)
     plane = (nz + 2 * m + 2 * margin) * (nx + 2 * m + 2 * margin)
     planes = PER_ANGLE_PLANES.get(options.method, 0)

@@ -72,7 +72,7 @@ def coarse_align(objective, options: AlignmentOptions, gather=None, share=None, 
                                                                                     options.max_shift)
             if log is not None:
                 log(f"coarse alignment (sigma {sigma:g} px): update rms {float(found.pow(2).mean().sqrt()):.3g} px")
-    return check_shifts(objective, measured, lit, shifts, options, log, unshifted=unshifted)
+    return check_shifts(objective, measured, lit, shifts, unshifted, options, log)
 
 
 def starting_shifts(objective, measured: torch.Tensor, lit: torch.Tensor, all_angles: torch.Tensor,
@@ -122,21 +122,18 @@ def centre_of_mass_shifts(objective, measured: torch.Tensor, lit: torch.Tensor, 
     return share(whole).clamp(-max_shift, max_shift)
 
 
-def check_shifts(objective, measured: torch.Tensor, lit: torch.Tensor, shifts: torch.Tensor,
-                 options: AlignmentOptions, log=None, unshifted: float | None = None) -> torch.Tensor:
+def check_shifts(objective, measured: torch.Tensor, lit: torch.Tensor, shifts: torch.Tensor, unshifted: float,
+                 options: AlignmentOptions, log=None) -> torch.Tensor:
     """``shifts`` if the projections moved by them agree with a quick volume's reprojections better by
     ``min_gain`` (relative misfit) than unmoved, else zeros.  Projection matching on poor projections
     (few angles, little contrast) converges to shifts that explain nothing: measured on the 8^3, 5-angle
     file of tests/test_distributed.py, up to 4.6 px on aligned data.  Both volumes start from zero and
     take the same steps, so neither comparison is favoured.  ``unshifted``: the unmoved projections'
-    misfit, when already measured (starting_shifts)."""
-    iterations = options.rounds * options.tomo_iterations
-    zero = torch.zeros_like(shifts)
-    before = projection_misfit(objective, measured, lit, zero, iterations) if unshifted is None else unshifted
-    after = projection_misfit(objective, measured, lit, shifts, iterations)
+    misfit (measured by starting_shifts)."""
+    after = projection_misfit(objective, measured, lit, shifts, options.rounds * options.tomo_iterations)
     if log is not None:
-        log(f"coarse alignment: projection misfit {before:.3g} unshifted, {after:.3g} shifted")
-    return shifts if after < (1 - options.min_gain) * before else zero
+        log(f"coarse alignment: projection misfit {unshifted:.3g} unshifted, {after:.3g} shifted")
+    return shifts if after < (1 - options.min_gain) * unshifted else torch.zeros_like(shifts)
 
 
 def projection_misfit(objective, measured: torch.Tensor, lit: torch.Tensor, shifts: torch.Tensor,
