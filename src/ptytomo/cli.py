@@ -235,7 +235,9 @@ def _add_reconstruct(sub) -> None:
                    help="iteration limit; default: joint 100, sequential 100 tomography iterations, admm 50 outer")
     p.add_argument("--tolerance", type=float, default=d.tolerance,
                    help="stop when the relative cost change stays below this for 3 iterations (0: never)")
-    p.add_argument("--loss", default=d.loss, choices=LOSSES, help="detector-plane cost (default %(default)s)")
+    p.add_argument("--loss", default=d.loss, choices=("auto",) + LOSSES,
+                   help="detector-plane cost: auto (poisson where the frames hold photon counts, whole numbers; "
+                        "amplitude otherwise), amplitude, intensity or poisson (default %(default)s)")
     p.add_argument("--tv-delta", type=float, default=None,
                    help=f"TV weight on delta; given alone, it implies --tv fixed (default {d.tv_delta:g})")
     p.add_argument("--tv-beta", type=float, default=None,
@@ -279,7 +281,10 @@ def _add_reconstruct(sub) -> None:
     p.add_argument("--probe-modes", type=int, default=d.probe_modes,
                    help="K incoherent probe modes (default: as many as the file's probe has)")
     p.add_argument("--probe-init", default=d.probe_init,
-                   help="initial probe: file, mean-pattern, disc:D or gaussian:D (D in pixels; default %(default)s)")
+                   help="initial probe: auto (the file's, unless its far field contradicts the mean diffraction "
+                        "pattern: then the best-fitting of the file's and the pattern's pupil at several defocus "
+                        "distances, scored on a few angles), file, mean-pattern, disc:D or gaussian:D (D in pixels; "
+                        "default %(default)s)")
     p.add_argument("--probe-defocus", type=float, default=d.probe_defocus, metavar="METRES",
                    help="propagate the initial probe by this distance, > 0 when the sample is downstream of the "
                         "focus (with --probe-init mean-pattern: a zone plate's defocused beam; write a negative distance as "
@@ -295,6 +300,10 @@ def _add_reconstruct(sub) -> None:
                         "this many iterations after --positions-start (default %(default)s; 0: do not wait)")
     p.add_argument("--max-position-correction", type=float, default=d.max_position_correction,
                    help="largest position correction in pixels (default %(default)g)")
+    p.add_argument("--position-prior", type=float, default=d.position_prior, metavar="PX",
+                   help="rms per coordinate of the expected position errors, pixels: a Gaussian prior on the "
+                        "corrections, weighed against the photon counts, that holds windows the data say little "
+                        "about near their recorded positions (default %(default)g; 0: none)")
     p.add_argument("--position-affine", action="store_true",
                    help="constrain position corrections to one affine map of the scan (scale, rotation, shear)")
     p.add_argument("--position-scale", default=d.position_scale, choices=POSITION_SCALES,

@@ -90,6 +90,17 @@ def frame_sums(data: PtychoTomoData, chunk_bytes: int = CHUNK_BYTES) -> np.ndarr
     return np.concatenate(sums)[valid]
 
 
+def frames_are_counts(data: PtychoTomoData, chunk_bytes: int = CHUNK_BYTES) -> bool:
+    """Whether the frames hold photon counts: whole numbers (within 1e-3), judged on the first chunk of
+    angles (a detector writes counts everywhere or nowhere; a noise-free simulation or processed
+    frames hold fractions)."""
+    valid = data.valid_or_all()
+    for angles, frames in _angle_chunks(data, chunk_bytes):
+        values = np.asarray(frames, dtype=np.float64)[valid[angles]]
+        return bool(values.size) and bool(np.all(np.abs(values - np.round(values)) < 1e-3))
+    return False
+
+
 def mean_pattern(data: PtychoTomoData, chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
     """The mean (M, M) diffraction pattern of the valid frames (float64)."""
     valid = data.valid_or_all()

@@ -35,7 +35,7 @@ PROBE_FLOOR = 0.1
 NEW_MODE_POWER = 0.05
 # A probe whose power differs from the measured counts by more than this factor is rescaled.
 POWER_TOLERANCE = 2.0
-PROBE_INITS = ("file", "mean-pattern", "disc", "gaussian")
+PROBE_INITS = ("auto", "file", "mean-pattern", "disc", "gaussian")
 
 
 @dataclass
@@ -60,7 +60,7 @@ class ProbeGroup(ParameterGroup):
         self.curvature = torch.zeros(self.model.probe.shape[-2:], dtype=self.model.real_dtype, device=self.model.device)
 
     def accumulate(self, residual) -> None:
-        grad, curvature = residual.ptychography.probe_gradient(residual.transmission, residual.back)
+        grad, curvature = residual.ptychography.probe_gradient(residual.transmission, residual.step_back())
         self.grad += grad
         self.curvature += curvature
 
@@ -109,10 +109,12 @@ def orthogonal_modes(probe: torch.Tensor) -> torch.Tensor:
 
 
 def parse_probe_init(text: str) -> tuple[str, float]:
-    """``file`` | ``mean-pattern`` | ``disc:D`` | ``gaussian:D`` (D: diameter in pixels, FWHM for Gaussians)."""
+    """``auto`` | ``file`` | ``mean-pattern`` | ``disc:D`` | ``gaussian:D`` (D: diameter in pixels, FWHM for
+    Gaussians).  ``auto``: the file's probe, or where its far field contradicts the data the best of a
+    search (:mod:`.probe_search`)."""
     kind, _, value = text.partition(":")
     if kind not in PROBE_INITS:
-        raise PtytomoError(f"--probe-init {text!r}: choose file, mean-pattern, disc:D or gaussian:D")
+        raise PtytomoError(f"--probe-init {text!r}: choose auto, file, mean-pattern, disc:D or gaussian:D")
     if kind in ("disc", "gaussian"):
         try:
             diameter = float(value)
@@ -126,20 +128,24 @@ def parse_probe_init(text: str) -> tuple[str, float]:
     return kind, 0.0
 
 
-def initial_probe(data, init: str, n_modes: int, seed: int = 0, comm=None,
-                  defocus_m: float = 0.0) -> tuple[np.ndarray, list[str]]:
-    """(K, M, M) complex128 starting modes and the notes to report (rescaling, added modes), propagated
-    by ``defocus_m`` metres (:func:`propagate`) when it is not 0.
+def initial_probe(data, init: str, n_modes: int, seed: int = 0, comm=None, defocus_m: float = 0.0,
+                  search=None) -> tuple[np.ndarray, list[str]]:
+    """(K, M, M) complex128 starting modes and the notes to report (rescaling, a search, added modes),
+    propagated by ``defocus_m`` metres (:func:`propagate`) when it is not 0.
 
+    ``init`` ``auto`` is ``file`` unless ``search`` is given (a dict of :func:`.probe_search.searched_probe`'s
+    ``loss``, ``device``, ``dtype``: the run refines the probe) and the file's probe's far field
+    disagrees with the mean pattern (:data:`.probe_search.AGREEMENT`); then the search's best start.
     ``comm`` joins the ranks of a distributed run (each holds some angles): the statistics
     of the frames are global, so every rank starts from the same probe."""
     from ..distributed import SOLO
+    from . import probe_search
 
     comm = comm or SOLO
     kind, diameter = parse_probe_init(init)
     m = data.detector_size
     notes = []
-    if kind == "file":
+    if kind in ("file", "auto"):
         modes = np.asarray(data.probe_modes, dtype=np.complex128)
     elif kind == "mean-pattern":
         modes = mean_pattern_probe(data, comm)[None]
@@ -147,18 +153,23 @@ def initial_probe(data, init: str, n_modes: int, seed: int = 0, comm=None,
         modes = disc_probe(m, diameter).astype(np.complex128)[None]
     else:
         modes = gaussian_probe(m, diameter)[None]
-    if kind != "file":
+    if kind not in ("file", "auto"):
         notes.append(f"probe initialised from {init}")
     if defocus_m:
         modes = propagate(modes, defocus_m, wavelength_m(data.geometry.energy_kev), data.geometry.voxel_size_m)
         notes.append(f"probe propagated by {defocus_m:.4g} m (--probe-defocus)")
-    modes = rescale_to_counts(modes, frame_power(data, comm), notes, rescale_always=kind != "file")
+    modes = rescale_to_counts(modes, frame_power(data, comm), notes, rescale_always=kind not in ("file", "auto"))
+    if kind == "auto" and search is not None and not defocus_m:
+        pattern = global_mean_pattern(data, comm)
+        if probe_search.far_field_agreement(modes, pattern, data.mask) < probe_search.AGREEMENT:
+            modes, found = probe_search.searched_probe(data, modes, pattern, comm=comm, log=log.debug, **search)
+            notes.extend(found)
     n_modes = n_modes or modes.shape[0]
     if n_modes < modes.shape[0]:
         modes = modes[:n_modes]
     elif n_modes > modes.shape[0]:
         modes = add_modes(modes, n_modes, seed)
-        notes.append(f"{n_modes - len(data.probe_modes) if kind == 'file' else n_modes - 1} probe mode(s) added "
+        notes.append(f"{n_modes - len(data.probe_modes) if kind in ('file', 'auto') else n_modes - 1} probe mode(s) added "
                      f"({NEW_MODE_POWER:.0%} of the first's power each) from Hermite-Gauss perturbations")
     return modes, notes
 
@@ -206,11 +217,16 @@ def rescale_to_counts(modes: np.ndarray, counts: float, notes: list[str], rescal
 
 def mean_pattern_probe(data, comm) -> np.ndarray:
     """sqrt of the mean diffraction pattern with a flat phase, transformed back to the sample plane."""
+    return probe_from_mean_pattern(global_mean_pattern(data, comm))
+
+
+def global_mean_pattern(data, comm) -> np.ndarray:
+    """The mean diffraction pattern (M, M) of the valid frames of all ranks."""
     from ..stream import mean_pattern
 
     count = comm.total(int(data.valid_or_all().sum()))
     local = torch.from_numpy(mean_pattern(data) * data.valid_or_all().sum())
-    return probe_from_mean_pattern(comm.sum(local).numpy() / max(count, 1))
+    return comm.sum(local).numpy() / max(count, 1)
 
 
 def gaussian_probe(m: int, fwhm: float) -> np.ndarray:

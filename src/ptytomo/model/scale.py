@@ -50,7 +50,7 @@ class ScaleGroup(ParameterGroup):
         q = residual.ptychography
         factor = self.scale[residual.angles]
         waves = q.exit_waves(residual.transmission)  # valid windows only, like back
-        inner = torch.real(torch.sum(residual.back.conj() * waves, dim=tuple(range(1, waves.dim()))))
+        inner = torch.real(torch.sum(residual.step_back().conj() * waves, dim=tuple(range(1, waves.dim()))))
         power = torch.sum(residual.fields.abs() ** 2, dim=tuple(range(1, residual.fields.dim())))
         self.grad[residual.angles] += 2 * inner.to(torch.float64).cpu() / factor
         self.curvature[residual.angles] += 2 * power.to(torch.float64).cpu() / factor**2

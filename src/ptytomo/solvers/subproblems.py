@@ -17,7 +17,8 @@ import math
 
 import torch
 
-from ..objective import TARGET_LIPSCHITZ, JointObjective, Scaling, detector_residual, power_iteration
+from ..objective import (GAUSS_NEWTON_LOSSES, TARGET_LIPSCHITZ, JointObjective, Scaling, detector_residual,
+                         power_iteration)
 
 # rPIE-style floor of the illumination preconditioner, as a fraction of the
 # brightest pixel of the angle: weakly lit pixels take small steps instead of
@@ -26,9 +27,6 @@ ILLUMINATION_FLOOR = 0.05
 # Projection-plane pixels lit by less than this fraction of the brightest one
 # carry no usable phase; the tomography step ignores them.
 LIT_FRACTION = 0.01
-# Newton-like step of each loss along the modulus (the amplitude cost's
-# curvature there is 1 per unit illumination, the Poisson likelihood's about 2).
-PTYCHO_STEP = {"amplitude": 1.0, "poisson": 0.5}
 
 
 class PtychographyRetrieval:
@@ -45,8 +43,8 @@ class PtychographyRetrieval:
     """
 
     def __init__(self, objective: JointObjective):
-        if objective.loss not in PTYCHO_STEP:
-            raise ValueError(f"loss {objective.loss!r} has no ptychography step; use {', '.join(PTYCHO_STEP)}")
+        if objective.loss not in GAUSS_NEWTON_LOSSES:
+            raise ValueError(f"loss {objective.loss!r} has no ptychography step; use {', '.join(GAUSS_NEWTON_LOSSES)}")
         self.objective = objective
         model = objective.model
         self.model = model
@@ -56,7 +54,6 @@ class PtychographyRetrieval:
         self.lit = model.crop(self.illumination > LIT_FRACTION * brightest)  # (A, Nz, Nu)
         self.free_space = torch.ones((height, width), dtype=torch.bool, device=model.device)
         model.crop(self.free_space).fill_(False)
-        self.loss_step = PTYCHO_STEP[objective.loss]
 
     def refresh_illumination(self) -> None:
         """Summed probe intensity of every angle (all modes) and the step's denominator; again
@@ -92,11 +89,12 @@ class PtychographyRetrieval:
             for b, batch in enumerate(model.batches):
                 result, cost = objective.residual(b, psi[batch])
                 total += cost.to(torch.float64)
-                grad = result.ptychography.adjoint_of_back_waves(result.back)
+                # The Gauss-Newton residual: a unit step is the loss's Newton-like step along the modulus
+                # (objective.detector_residual), so one preconditioner serves every loss.
+                grad = result.ptychography.adjoint_of_back_waves(result.step_back())
                 if rho:
                     grad += rho * (psi[batch] - target[batch])
-                # The loss's curvature scales the data term's diagonal only, not the proximal term's rho.
-                psi[batch] -= step * grad / (self.denominator[batch] / self.loss_step + rho)
+                psi[batch] -= step * grad / (self.denominator[batch] + rho)
             objective.end_evaluation(psi)
         psi[:, self.free_space] = 1.0
         if active:
