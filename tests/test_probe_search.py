@@ -150,3 +150,34 @@ def test_poissons_gauss_newton_residual_is_the_amplitude_step_near_a_fit_and_bou
     _, step = detector_residual("poisson", field, cost_cases, None, gauss_newton=True)
     _, raw = detector_residual("poisson", field, cost_cases, None)
     assert bool(((step / field).real * (raw / field).real >= 0).all())
+
+
+def test_auto_loss_is_poisson_on_photon_counts_and_amplitude_otherwise(tmp_path):
+    from ptytomo.reconstruct import choose_loss
+
+    counts = weak_data(tmp_path, file_probe="true")  # 1e6 photons: 4400 a pixel
+    assert choose_loss(counts) == "poisson"
+    noise_free = simulate(SimulationConfig(size=8, n_angles=4, detector_size=15, step=3, device="cpu"), progress=False)
+    assert choose_loss(noise_free) == "amplitude"  # fractions: no counts
+    dim = simulate(SimulationConfig(size=8, n_angles=4, detector_size=15, step=3, photons=1e3, noise="poisson",
+                                    device="cpu"), progress=False)
+    assert choose_loss(dim) == "amplitude"  # 4.4 photons a pixel
+    assert choose_loss(dim, counts=1e4) == "poisson"  # 44
+
+
+def test_the_poisson_likelihood_keeps_a_weak_objects_contrast(tmp_path):
+    """The default (--loss auto: Poisson here) against the amplitude cost on the same counts.  Measured
+    (16 angles, --tv fixed 0.01 / 0.01, true probe): delta 0.28 against 0.42; the amplitude cost's
+    reconstruction needs a scale of 1.42 to match the truth, Poisson's 0.98."""
+    data = weak_data(tmp_path, file_probe="true")
+    options = dict(refine="none", tv="fixed", tv_delta=0.01, tv_beta=0.01, device="cpu")
+    auto = reconstruct(data, ReconstructOptions(**options), progress=False)
+    amplitude = reconstruct(data, ReconstructOptions(loss="amplitude", **options), progress=False)
+    assert auto.parameters["loss"] == "poisson" and auto.parameters["loss_requested"] == "auto"
+
+    def scale(recon):
+        found, truth = recon.volume.real, data.truth.real
+        return float((found * truth).sum() / (found * found).sum())
+
+    assert auto.parameters["relative_rmse_delta"] < 0.9 * amplitude.parameters["relative_rmse_delta"]
+    assert abs(scale(auto) - 1) < 0.5 * abs(scale(amplitude) - 1)

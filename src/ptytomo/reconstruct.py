@@ -238,16 +238,28 @@ def median_frame_counts(data: PtychoTomoData, comm: Comm = SOLO) -> float:
     return float(np.median(comm.gather(frame_sums(data))))  # over all ranks' frames
 
 
-def choose_loss(data: PtychoTomoData, comm: Comm = SOLO) -> str:
+# --loss auto: the Poisson likelihood from this many photons per detector pixel of the median frame on
+# (measured, benchmarks/loss.py: amplitude better by 17-25 % on delta at 4.4, Poisson better or within 3 % at 44)
+POISSON_COUNTS_PER_PIXEL = 10.0
+
+
+def choose_loss(data: PtychoTomoData, comm: Comm = SOLO, counts: float | None = None) -> str:
     """``--loss auto``: the Poisson likelihood where the frames hold photon counts (whole numbers on every
-    rank), the amplitude cost otherwise (noise-free simulations, processed frames).  sqrt(counts) is biased
-    low where a pixel expects a few photons (E sqrt(n) = 0.78 at one expected photon), and the amplitude
-    cost fits that bias: it shrinks what the object scatters into the dark field, the whole contrast
-    of a weak object (measured, benchmarks/loss.py: delta's best-fit scale 2.8-3.5 on a SiO2 phantom,
-    relative error 0.76-0.83 against Poisson's 0.40-0.49; on strong woven wires from 1e4 to 1e6 photons
-    per frame Poisson is within 3 % or better, README "Which cost")."""
-    counts = not comm.anyone(not frames_are_counts(data))
-    return "poisson" if counts else "amplitude"
+    rank) and the median frame (``counts``, computed when None) brings POISSON_COUNTS_PER_PIXEL per
+    detector pixel or more; the amplitude cost otherwise (noise-free simulations, processed frames,
+    very low doses).
+
+    sqrt(counts) is biased low where a pixel expects a few photons (E sqrt(n) = 0.78 at one expected
+    photon), and the amplitude cost fits that bias: it shrinks what the object scatters into the dark
+    field, the whole contrast of a weak object (measured, benchmarks/loss.py: delta's best-fit scale
+    2.8-3.5 on a SiO2 phantom with a focused beam, relative error 0.76-0.83 against Poisson's 0.40-0.49
+    at 1e5-1e6 photons a frame).  At a few photons per pixel everywhere the shrinkage regularises what
+    the TV path cannot: there the amplitude cost is the better (README "Which cost")."""
+    if comm.anyone(not frames_are_counts(data)):
+        return "amplitude"
+    counts = median_frame_counts(data, comm) if counts is None else counts
+    pixels = data.detector_size**2 if data.mask is None else int(np.count_nonzero(data.mask))
+    return "poisson" if counts >= POISSON_COUNTS_PER_PIXEL * max(pixels, 1) else "amplitude"
 
 
 def beta_dose_factor(counts: float) -> float:
@@ -407,13 +419,12 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
     """
     options = options or ReconstructOptions()
     options.check()
+    counts = median_frame_counts(data, comm)  # one pass over the frames serves every use
     loss_requested = options.loss
     if options.loss == "auto":  # the rest of the run (groups, path, checkpoints) sees the chosen cost
-        options = replace(options, loss=choose_loss(data, comm))
+        options = replace(options, loss=choose_loss(data, comm, counts))
         if comm.is_main:
-            log.info("--loss auto: %s (the frames %s photon counts)", options.loss,
-                     "hold" if options.loss == "poisson" else "do not hold")
-    counts = median_frame_counts(data, comm)  # one pass over the frames serves both uses
+            log.info("--loss auto: %s", options.loss)
     warnings = assess(data, counts, comm)
     for line in warnings if comm.is_main else []:
         log.warning(line)
