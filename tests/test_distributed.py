@@ -192,3 +192,23 @@ def test_an_error_of_every_rank_is_reported_once(tmp_path):
     lines = [line for line in done.stderr.splitlines() if line.startswith("ptytomo reconstruct:")]
     assert lines == [f"ptytomo reconstruct: rank 0: error: {tmp_path / 'missing.h5'}: file not found "
                      "(and on 1 more rank(s))"]
+
+
+def test_the_probe_search_starts_every_number_of_ranks_alike(data_file, tmp_path):
+    """--probe-init auto's search (a file probe whose far field contradicts the frames: a flat disc twice the
+    beam's size) runs on the same angles, gathered to every rank, so 2 ranks start from the one-rank probe
+    and a checkpoint resumes on another number of ranks with the same normalisation."""
+    from ptytomo.scan import disc_probe
+
+    data = read_data(data_file)
+    data.probe = disc_probe(9, 9.0).astype(np.complex64) * np.sqrt(np.abs(data.probe) ** 2).sum() / np.sqrt(49)
+    nominal = tmp_path / "nominal.h5"
+    write_data(nominal, data)
+    options = ["--method", "ptycho", "--iterations", "4", *RUN]
+    assert main(["reconstruct", str(nominal), "-o", str(tmp_path / "one.h5"), *options]) == 0
+    done = torchrun(2, "reconstruct", nominal, "-o", tmp_path / "two.h5", *options)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = read_reconstruction(tmp_path / "one.h5"), read_reconstruction(tmp_path / "two.h5")
+    assert any("fits best" in note for note in one.parameters["probe_notes"])
+    assert one.parameters["probe_notes"] == two.parameters["probe_notes"]
+    np.testing.assert_allclose(two.probe, one.probe, rtol=1e-9, atol=1e-9 * np.abs(one.probe).max())

@@ -78,17 +78,27 @@ def search_angles(n_angles: int, count: int = SEARCH_ANGLES) -> list[int]:
     return sorted({int(round(i)) for i in np.linspace(0, n_angles - 1, count)})
 
 
-def subset(data, angles: list[int]):
-    """``data`` restricted to ``angles`` (frames read one angle at a time: streamed files work too)."""
+def subset(data, angles: list[int], comm=None):
+    """``data`` restricted to ``angles`` (frames read one angle at a time: streamed files work too).  With
+    ``comm``, ``angles`` count over all ranks' angles (each rank holding a contiguous share in rank order)
+    and every rank returns all of them: the search then runs alike on every rank whatever their number, so
+    a run resumed on another number of ranks starts from the same probe."""
     from dataclasses import replace
 
-    frames = np.concatenate([np.asarray(data.intensities[a:a + 1], dtype=np.float32) for a in angles])
-    return replace(data, intensities=frames, positions=np.asarray(data.positions)[angles],
-                   angles=np.asarray(data.angles)[angles],
-                   valid=None if data.valid is None else np.asarray(data.valid)[angles], truth=None)
+    from ..distributed import SOLO
+
+    comm = comm or SOLO
+    offset = int(comm.gather(np.array([data.n_angles]))[: comm.rank].sum())
+    local = [a - offset for a in angles if offset <= a < offset + data.n_angles]
+    frames = np.stack([np.asarray(data.intensities[a:a + 1], dtype=np.float32)[0] for a in local]) if local else \
+        np.zeros((0, *data.intensities.shape[1:]), dtype=np.float32)
+    valid = data.valid_or_all()[local].astype(np.uint8)
+    return replace(data, intensities=comm.gather(frames), positions=comm.gather(np.asarray(data.positions)[local]),
+                   angles=comm.gather(np.asarray(data.angles)[local]), valid=comm.gather(valid).astype(bool),
+                   truth=None)
 
 
-def score(data, modes: np.ndarray, loss: str, device, dtype, reduce=None, sweeps: int = SWEEPS):
+def score(data, modes: np.ndarray, loss: str, device, dtype, sweeps: int = SWEEPS):
     """(misfit in counts, refined modes) after ``sweeps`` sweeps of 2D ptychography of ``data`` from
     ``modes``, the probe refined from the third sweep with the free space outside the volume's projection
     pinned to O = 1."""
@@ -103,7 +113,7 @@ def score(data, modes: np.ndarray, loss: str, device, dtype, reduce=None, sweeps
     amplitudes = torch.from_numpy(np.sqrt(np.maximum(data.intensities, 0))).to(device=device, dtype=dtype)
     if data.valid is not None:
         amplitudes[torch.from_numpy(~np.asarray(data.valid, dtype=bool))] = 0.0
-    objective = JointObjective(model, amplitudes, loss, data.mask, reduce=reduce)
+    objective = JointObjective(model, amplitudes, loss, data.mask)
     retrieval = PtychographyRetrieval(objective)
     psi = retrieval.initial()
     groups = [ProbeGroup(model, ProbeOptions(enabled=True))]
@@ -132,16 +142,14 @@ def searched_probe(data, modes: np.ndarray, mean_pattern: np.ndarray, loss: str,
         propagated = propagate(pupil, distance, wavelength, data.geometry.voxel_size_m) if distance else pupil
         name = f"the mean pattern propagated by {distance:.3g} m" if distance else "the mean pattern at its focus"
         candidates[name] = rescale_to_counts(propagated, power, [], rescale_always=True)
-    # each rank scores its own spread of angles; the objective sums costs and probe steps over the ranks,
-    # so every rank refines and chooses the same probe
-    part = subset(data, search_angles(data.n_angles, math.ceil(SEARCH_ANGLES / comm.size)))
+    part = subset(data, search_angles(comm.total(data.n_angles)), comm)  # the same angles on every rank
     scores, refined = {}, {}
     for name, start in candidates.items():
-        scores[name], refined[name] = score(part, start, loss, device, dtype, reduce=comm.sum)
+        scores[name], refined[name] = score(part, start, loss, device, dtype)
         if log is not None:
             log(f"probe search: {name}: misfit {scores[name]:.6g}")
     best = min(scores, key=scores.get)
     note = (f"the file's probe disagrees with the mean diffraction pattern: searched {len(candidates)} starting "
-            f"probes on {comm.total(part.n_angles)} angles, {best} fits best (misfit {scores[best]:.4g} against "
+            f"probes on {part.n_angles} angles, {best} fits best (misfit {scores[best]:.4g} against "
             f"{scores[next(iter(candidates))]:.4g} for the file's; --probe-init file keeps the file's)")
     return refined[best], [note]
