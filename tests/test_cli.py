@@ -169,6 +169,20 @@ def test_info_warns_of_a_probe_in_other_units(good_file, capsys, tiny_data):
     assert 5e3 < ratio < 2e4  # brightest frames against the probe: about 1e4
 
 
+def test_info_warns_of_a_probe_whose_far_field_contradicts_the_frames(good_file, capsys, tiny_data):
+    """A nominal probe (here a disc twice the beam's size, at the right power) is what --probe-init auto
+    searches around; info says so before a run."""
+    from ptytomo.scan import disc_probe
+
+    m = tiny_data.intensities.shape[-1]
+    wide = disc_probe(m, 0.95 * m).astype(np.complex64)
+    wide *= np.sqrt((np.abs(tiny_data.probe) ** 2).sum() / (np.abs(wide) ** 2).sum())
+    _edit(good_file, "probe", wide)
+    code, out, _ = run(capsys, "info", good_file)
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("warning")]
+    assert code == 0 and "does not look like the mean diffraction pattern" in line and "--probe-init auto" in line
+
+
 def test_info_nan_intensities(good_file, capsys, tiny_data):
     bad = tiny_data.intensities.copy()
     bad[1, 2, 3, 4] = np.nan

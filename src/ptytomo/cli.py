@@ -131,7 +131,22 @@ def describe(data) -> str:
     if sim:
         lines.append("simulation    " + ", ".join(f"{k}={sim[k]}" for k in ("phantom", "noise", "oversample") if k in sim))
     lines.extend(probe_power_note(data.probe_modes, per_frame))
+    lines.extend(probe_shape_note(data))
     return "\n".join(lines)
+
+
+def probe_shape_note(data) -> list[str]:
+    """A warning line when the file's probe's far field does not look like the mean diffraction pattern (a
+    nominal probe): the check of ``--probe-init auto`` (model.probe_search), which then searches."""
+    from .model.probe_search import AGREEMENT, far_field_agreement
+    from .stream import mean_pattern
+
+    agreement = far_field_agreement(data.probe_modes, mean_pattern(data), data.mask)
+    if agreement >= AGREEMENT:
+        return []
+    return [f"warning       the probe's far field does not look like the mean diffraction pattern (agreement "
+            f"{agreement:.2f} < {AGREEMENT}): a nominal probe? reconstruct searches for the beam "
+            "(--probe-init auto, when it refines the probe)"]
 
 
 def probe_power_note(probe_modes, frame_sums) -> list[str]:
