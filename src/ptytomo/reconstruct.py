@@ -37,6 +37,7 @@ RHO_UPDATES = ("fixed", "balance")
 TV_CHOICES = ("fixed", "auto")
 AUTO_MAX_SHIFT, AUTO_SHIFT_FRACTION = 10.0, 0.1  # --max-shift 0 (auto): pixels, fraction of the volume
 POSITION_SCALES = ("auto", "pinned", "free")
+STEPPED_LOSSES = GAUSS_NEWTON_LOSSES + ("auto",)  # losses the groups and sweeps can step with (auto is one of them)
 log = logging.getLogger("ptytomo")
 
 
@@ -116,7 +117,7 @@ class ReconstructOptions:
 
         text = self.refine.strip()
         if text == "auto":
-            if self.loss not in GAUSS_NEWTON_LOSSES + ("auto",):
+            if self.loss not in STEPPED_LOSSES:
                 return []
             # a rigid shift of one angle's object is invisible to that angle's 2D ptychography
             return [n for n in AUTO_REFINE if n != "shifts" or self.method != "ptycho"]
@@ -160,7 +161,7 @@ class ReconstructOptions:
             raise PtytomoError(f"--tv {self.tv!r}: choose one of {', '.join(TV_CHOICES)}")
         if self.rho_update not in RHO_UPDATES:
             raise PtytomoError(f"--rho-update {self.rho_update!r}: choose one of {', '.join(RHO_UPDATES)}")
-        if self.method != "joint" and self.loss not in GAUSS_NEWTON_LOSSES + ("auto",):
+        if self.method != "joint" and self.loss not in STEPPED_LOSSES:
             raise PtytomoError(f"--loss {self.loss} works with --method joint only; "
                                f"--method {self.method} takes {' or '.join(GAUSS_NEWTON_LOSSES)}")
         if self.tomography == "fbp" and self.method != "sequential":
@@ -183,7 +184,7 @@ class ReconstructOptions:
         parse_probe_init(self.probe_init)
         if not math.isfinite(self.probe_defocus):
             raise PtytomoError(f"--probe-defocus must be a finite number of metres, got {self.probe_defocus}")
-        if self.refined() and self.loss not in GAUSS_NEWTON_LOSSES + ("auto",):
+        if self.refined() and self.loss not in STEPPED_LOSSES:
             raise PtytomoError(f"--refine {self.refine} takes Gauss-Newton steps for --loss "
                                f"{' or '.join(GAUSS_NEWTON_LOSSES)}; use --refine none with --loss {self.loss}")
         if self.position_scale not in POSITION_SCALES:

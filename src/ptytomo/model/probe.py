@@ -143,9 +143,10 @@ def initial_probe(data, init: str, n_modes: int, seed: int = 0, comm=None, defoc
 
     comm = comm or SOLO
     kind, diameter = parse_probe_init(init)
+    from_file = kind in ("file", "auto")
     m = data.detector_size
     notes = []
-    if kind in ("file", "auto"):
+    if from_file:
         modes = np.asarray(data.probe_modes, dtype=np.complex128)
     elif kind == "mean-pattern":
         modes = mean_pattern_probe(data, comm)[None]
@@ -153,12 +154,12 @@ def initial_probe(data, init: str, n_modes: int, seed: int = 0, comm=None, defoc
         modes = disc_probe(m, diameter).astype(np.complex128)[None]
     else:
         modes = gaussian_probe(m, diameter)[None]
-    if kind not in ("file", "auto"):
+    if not from_file:
         notes.append(f"probe initialised from {init}")
     if defocus_m:
         modes = propagate(modes, defocus_m, wavelength_m(data.geometry.energy_kev), data.geometry.voxel_size_m)
         notes.append(f"probe propagated by {defocus_m:.4g} m (--probe-defocus)")
-    modes = rescale_to_counts(modes, frame_power(data, comm), notes, rescale_always=kind not in ("file", "auto"))
+    modes = rescale_to_counts(modes, frame_power(data, comm), notes, rescale_always=not from_file)
     if kind == "auto" and search is not None and not defocus_m:
         pattern = global_mean_pattern(data, comm)
         if probe_search.far_field_agreement(modes, pattern, data.mask) < probe_search.AGREEMENT:
@@ -169,7 +170,7 @@ def initial_probe(data, init: str, n_modes: int, seed: int = 0, comm=None, defoc
         modes = modes[:n_modes]
     elif n_modes > modes.shape[0]:
         modes = add_modes(modes, n_modes, seed)
-        notes.append(f"{n_modes - len(data.probe_modes) if kind in ('file', 'auto') else n_modes - 1} probe mode(s) added "
+        notes.append(f"{n_modes - len(data.probe_modes) if from_file else n_modes - 1} probe mode(s) added "
                      f"({NEW_MODE_POWER:.0%} of the first's power each) from Hermite-Gauss perturbations")
     return modes, notes
 
