@@ -90,15 +90,16 @@ def frame_sums(data: PtychoTomoData, chunk_bytes: int = CHUNK_BYTES) -> np.ndarr
     return np.concatenate(sums)[valid]
 
 
-def frames_are_counts(data: PtychoTomoData, chunk_bytes: int = CHUNK_BYTES) -> bool:
-    """Whether the frames hold photon counts: whole numbers (within 1e-3), judged on the first chunk of
-    angles (a detector writes counts everywhere or nowhere; a noise-free simulation or processed
-    frames hold fractions)."""
+def frames_are_counts(data: PtychoTomoData, sample_bytes: int = 16 * 2**20) -> bool:
+    """Whether the frames hold photon counts: whole numbers (within 1e-3), judged on the first angles'
+    frames (``sample_bytes``, at least one angle: a detector writes counts everywhere or nowhere; a
+    noise-free simulation or processed frames hold fractions).  float32 holds every whole number to 2^24."""
     valid = data.valid_or_all()
-    for angles, frames in _angle_chunks(data, chunk_bytes):
-        values = np.asarray(frames, dtype=np.float64)[valid[angles]]
-        return bool(values.size) and bool(np.all(np.abs(values - np.round(values)) < 1e-3))
-    return False
+    angles, frames = next(_angle_chunks(data, sample_bytes), (slice(0, 0), None))
+    if frames is None:
+        return False
+    values = np.asarray(frames)[valid[angles]]
+    return bool(values.size) and bool(np.all(np.abs(values - np.round(values)) < 1e-3))
 
 
 def mean_pattern(data: PtychoTomoData, chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
