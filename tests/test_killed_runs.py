@@ -32,6 +32,9 @@ ITERATIONS = 10
 RUN = ["--precision", "float64", "--device", "cpu", "--tolerance", "0", "--quiet", "--checkpoint-every", "1"]
 ONCE = RUN[:-2]  # without --checkpoint-every, for runs that write no checkpoint
 PAUSE_S = 0.05  # per checkpoint write, in the killed runs only
+# the run whose kill must land mid-write pauses longer: on a loaded machine a 50 ms window once closed
+# between seeing the temporary file and the SIGKILL arriving (CI, session 8)
+MID_WRITE_PAUSE_S = 1.0
 
 
 def tiny_config(**overrides) -> SimulationConfig:
@@ -55,12 +58,12 @@ def uninterrupted(data_file, tmp_path_factory):
     return read_reconstruction(folder / "out.h5").volume, load_checkpoint(folder / "ck.pt")["u"]
 
 
-def start_run(data_file, folder: Path, resume: bool) -> subprocess.Popen:
+def start_run(data_file, folder: Path, resume: bool, pause: float = PAUSE_S) -> subprocess.Popen:
     command = [sys.executable, "-m", "ptytomo", "reconstruct", str(data_file), "-o", str(folder / "out.h5"),
                "--iterations", str(ITERATIONS), "--checkpoint", str(folder / "ck.pt"), *RUN]
     if resume:
         command += ["--resume", str(folder / "ck.pt")]
-    env = {**os.environ, "PTYTOMO_TEST_CHECKPOINT_PAUSE_S": str(PAUSE_S)}
+    env = {**os.environ, "PTYTOMO_TEST_CHECKPOINT_PAUSE_S": str(pause)}
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -91,7 +94,8 @@ def test_sigkill_at_random_moments_and_mid_write_resumes_to_the_uninterrupted_re
     # The first kill lands inside a checkpoint write (its temporary file half-written, the
     # process paused), the others at random moments of the loop; then the run completes.
     for kill_number in range(3):
-        process = start_run(data_file, tmp_path, resume=(tmp_path / "ck.pt").exists())
+        process = start_run(data_file, tmp_path, resume=(tmp_path / "ck.pt").exists(),
+                            pause=MID_WRITE_PAUSE_S if kill_number == 0 else PAUSE_S)
         if not wait_for_checkpoint_write(process, tmp_path):
             break  # it finished before the kill: nothing left to interrupt
         if kill_number > 0:
