@@ -104,15 +104,14 @@ def score(data, modes: np.ndarray, loss: str, device, dtype, sweeps: int = SWEEP
     pinned to O = 1."""
     from ..objective import JointObjective
     from ..operators import JointModel
+    from ..reconstruct import measured_amplitudes
     from ..solvers.subproblems import PtychographyRetrieval
     from .probe import ProbeGroup, ProbeOptions
 
     g = data.geometry
     model = JointModel(g.volume_shape, g.voxel_size_m, g.energy_kev, data.angles, data.positions, modes,
                        valid=data.valid, device=device, dtype=dtype, pruned=False)
-    amplitudes = torch.from_numpy(np.sqrt(np.maximum(data.intensities, 0))).to(device=device, dtype=dtype)
-    if data.valid is not None:
-        amplitudes[torch.from_numpy(~np.asarray(data.valid, dtype=bool))] = 0.0
+    amplitudes = torch.from_numpy(measured_amplitudes(data)).to(device=device, dtype=dtype)
     objective = JointObjective(model, amplitudes, loss, data.mask)
     retrieval = PtychographyRetrieval(objective)
     psi = retrieval.initial()
