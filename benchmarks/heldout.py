@@ -52,7 +52,8 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", nargs="+", default=["joint", "sequential", "admm"],
                         choices=("joint", "sequential", "admm"))
     parser.add_argument("--doses", nargs="+", default=["1e4", "noise-free"], choices=tuple(DOSES))
-    parser.add_argument("--loss", default="amplitude", choices=("amplitude", "poisson"))
+    parser.add_argument("--loss", default="auto", choices=("auto", "amplitude", "poisson"),
+                        help="auto (the default): Poisson on photon counts from 10 a pixel, amplitude otherwise")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"{args.size}^3 woven wires, {args.angles} angles, {args.detector} px detector, oversample 2, lbfgs, "

@@ -11,6 +11,9 @@ is multiplied by ``scale`` chosen so that the Lipschitz constant of the
 gradient at ``u = 0`` (power iteration on the Gauss-Newton operator) is
 ``1 / 0.01 = 100``.  Under it Algorithm 1's ``alpha0 = 0.01`` is the
 classical ``1/L`` step, whatever the data size, probe intensity or voxel size.
+The Poisson likelihood is divided by its curvature relative to the amplitude
+cost's (RELATIVE_CURVATURE: 2), so that a TV weight means the same under
+either loss.
 """
 
 from __future__ import annotations
@@ -29,6 +32,12 @@ LOSSES = ("amplitude", "intensity", "poisson")
 # sweeps and the parameter groups (probe, positions, shifts, flux) step with them.
 GAUSS_NEWTON_LOSSES = ("amplitude", "poisson")
 TARGET_LIPSCHITZ = 100.0
+# The losses' expected curvature (Fisher information) per unit of detector amplitude, relative to the
+# amplitude cost's 2: the Poisson likelihood's is 4 at every intensity (2 + 2 n / |g|^2 with E n = |g|^2),
+# so under the same normalisation its data would weigh twice as much against the priors, and a TV weight
+# (chosen under the amplitude cost) would mean half as much.  The intensity cost's grows with the intensity
+# (8 n), so no constant matches it; it keeps the amplitude cost's.
+RELATIVE_CURVATURE = {"amplitude": 1.0, "intensity": 1.0, "poisson": 2.0}
 
 
 def detector_residual(loss: str, field: torch.Tensor, measured: torch.Tensor, weight, per_frame: bool = False,
@@ -272,9 +281,10 @@ class JointObjective:
     def normalise(self) -> None:
         """Scale the cost to a Lipschitz constant of TARGET_LIPSCHITZ at u = 0 for the model's current
         windows: again after the windows moved far (coarse alignment), so that a TV weight means the same
-        whatever the recorded positions' errors were."""
+        whatever the recorded positions' errors were, and with the loss's curvature (RELATIVE_CURVATURE),
+        so that it means the same whichever loss was chosen."""
         self.scaling.cost = 1.0
-        self.scaling.cost = TARGET_LIPSCHITZ / self.lipschitz_at_zero()
+        self.scaling.cost = TARGET_LIPSCHITZ / (self.lipschitz_at_zero() * RELATIVE_CURVATURE[self.loss])
 
     def lipschitz_at_zero(self, iterations: int = 8, seed: int = 0) -> float:
         """Largest eigenvalue of 2 J^T J at u = 0 (J: du -> far fields), by power iteration."""
