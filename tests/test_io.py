@@ -600,3 +600,20 @@ def test_atomic_success_replaces_file(tmp_path):
     with h5py.File(path, "r") as f:
         np.testing.assert_array_equal(f["x"][()], np.arange(3))
     assert os.listdir(tmp_path) == ["out.h5"]
+
+
+def test_atomic_write_is_on_disk_before_the_rename(tmp_path, monkeypatch):
+    """The new file is fsynced under its temporary name before it replaces the old one, then the directory:
+    a power cut leaves either file whole, never a renamed file whose blocks were not written."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", os.fspath(a))), real_replace(a, b))[1])
+    path = tmp_path / "out.h5"
+    with atomic_h5(path) as f:
+        f["x"] = np.arange(3)
+    (first, synced), (second, renamed), (third, directory) = events
+    assert (first, second, third) == ("fsync", "replace", "fsync")
+    assert synced == renamed and os.path.basename(renamed).startswith(".out.h5.")
+    assert directory == str(tmp_path)

@@ -185,6 +185,7 @@ def atomic_h5(path) -> Iterator[h5py.File]:
     try:
         yield handle
         handle.close()  # flushes: a full disk fails here, before path is touched
+        _sync(temporary)  # on disk before the rename: a power cut leaves the old file or the new, whole
     except BaseException:
         with suppress(Exception):  # the original exception is the one to report
             handle.close()
@@ -195,6 +196,17 @@ def atomic_h5(path) -> Iterator[h5py.File]:
     except OSError as exc:
         _remove_quietly(temporary)
         raise _error(target, f"cannot replace the file ({exc.strerror})") from None
+    with suppress(OSError):  # the rename itself; not every platform syncs a directory
+        _sync(directory)
+
+
+def _sync(path: str) -> None:
+    """fsync a file or a directory by name."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _remove_quietly(path: str) -> None:
