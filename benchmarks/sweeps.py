@@ -3,9 +3,9 @@
 Each sweep varies one parameter around a base setup (woven wires, step 4 of
 a 15 px probe, 100 angles, 1e6 photons per measurement with Poisson noise,
 simulated on a 2x finer grid so no method fits the data exactly) and runs
-every method with its defaults (``--refine none``: the file holds the true probe and positions;
-``--tv fixed`` for the fixed TV weights instead of the held-out choice).  Writes one figure with a column per sweep
-(relative RMSE of delta and beta) and prints a Markdown table.
+every method with its defaults (but ``--refine none``: the file holds the true probe and
+positions; ``--tv fixed`` runs the fixed TV weights instead of the held-out choice).  Writes one
+figure with a column per sweep (relative RMSE of delta and beta) and prints a Markdown table.
 
     python benchmarks/sweeps.py                      # 64^3, paper geometry (GPU: minutes)
     python benchmarks/sweeps.py --cpu-reduced        # 16^3, 7 px probe, fewer points (1 CPU core: ~5 min)
@@ -69,8 +69,8 @@ def main(argv=None) -> int:
                  "photons": point["photons"]}[sweep]
             for method in args.methods:
                 started = time.perf_counter()
-                recon = reconstruct(data, ReconstructOptions(refine="none", tv=args.tv, method=method,
-                                                                    device=args.device), progress=False)
+                options = ReconstructOptions(refine="none", tv=args.tv, method=method, device=args.device)
+                recon = reconstruct(data, options, progress=False)
                 p = recon.parameters
                 seconds = time.perf_counter() - started
                 results.setdefault((sweep, method), []).append((x, p["relative_rmse_delta"], p["relative_rmse_beta"]))
