@@ -9,7 +9,7 @@ true probe and positions, so the table shows the costs alone) with ``--loss ampl
 poisson``.  Relative RMSE delta / beta, the best fit of a scale to delta (``scale``: > 1 means the
 reconstruction's contrast is too low) and seconds.
 
-    python benchmarks/loss.py                          # 2 objects x 2 probes x 3 doses: ~15 min on 2 cores
+    python benchmarks/loss.py                          # 2 objects x 2 probes x 3 doses: ~3 min on 1 core
     python benchmarks/loss.py --doses 1e5 --objects weak
 """
 
@@ -33,7 +33,9 @@ PROBES = {"focused": dict(probe="focused"), "disc 7 px": dict(probe="disc", prob
 
 
 def weak_phantom(path: str, size: int) -> str:
-    """SiO2 ellipsoids at 8 keV on the simulator's fine grid (2x), as a .npy volume file."""
+    """SiO2 ellipsoids at 8 keV on the reconstruction grid, as a .npy volume file: the simulator repeats a
+    volume file onto its 2x finer grid, so this object has no sub-voxel detail (the woven wires have);
+    only the detector-plane sampling is the fine one."""
     volume = random_ellipsoids(size, count=10, seed=1, energy_kev=8.0)
     delta, beta = delta_beta("SiO2", 2.2, 8.0)
     np.save(path, (volume.real / volume.real.max()) * (delta + 1j * beta))
