@@ -139,6 +139,25 @@ def test_oversampled_file_phantom_truth_is_the_file_volume(tmp_path, rng, tiny_c
     np.testing.assert_allclose(d.truth, volume, rtol=1e-6, atol=0)
 
 
+def test_material_makes_the_phantom_one_compound_at_density_fractions(tiny_config):
+    """--material SiO2:2.2: the woven wires' delta map, scaled to [0, 1], as density fractions of silica at the
+    beam energy (beta in proportion); the truth is its block average; bad values are one line naming the flag."""
+    from ptytomo.physics import delta_beta
+
+    silica = simulate(tiny_config(oversample=2, n_angles=1, size=8, material="SiO2:2.2"), progress=False)
+    wires = woven_wire(16, energy_kev=5.0)
+    delta, beta = delta_beta("SiO2", 2.2, 5.0)
+    expected = block_average((wires.real / wires.real.max()) * complex(delta, beta), 2)
+    np.testing.assert_allclose(silica.truth, expected.astype(np.complex64), rtol=1e-6, atol=0)
+    assert silica.truth.real.max() <= delta * (1 + 1e-6)
+    np.testing.assert_allclose(silica.truth.imag, silica.truth.real * (beta / delta), rtol=1e-5, atol=0)
+    assert silica.simulation["material"] == "SiO2:2.2"
+    for bad, message in [("SiO2", "FORMULA:DENSITY"), ("SiO2:dense", "FORMULA:DENSITY"), ("Qq:2", "xraydb"),
+                         ("SiO2:0", "density")]:
+        with pytest.raises(PtytomoError, match=f"--material.*{message}"):
+            simulate(tiny_config(material=bad), progress=False)
+
+
 @pytest.fixture(scope="module")
 def oversampled_pair(tiny_config):
     exact = simulate(tiny_config(precision="float64"), progress=False)

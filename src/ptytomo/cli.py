@@ -50,6 +50,8 @@ def _add_simulate(sub) -> None:
     p.add_argument("--noise", default=d.noise, choices=NOISE_MODELS, help="noise model (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (phantom and noise)")
     p.add_argument("--ellipsoids", type=_positive_int, default=d.ellipsoids, help="ellipsoid count for --phantom ellipsoids")
+    p.add_argument("--material", default=d.material, metavar="FORMULA:DENSITY",
+                   help="the phantom's delta map as density fractions of one compound, e.g. SiO2:2.2 (a weak phase object)")
     p.add_argument("--oversample", type=_positive_int, default=d.oversample, help="simulate on an S-times finer grid (no inverse crime)")
     # Imperfect data (docs/simulation.md); values are checked by SimulationConfig.check(), one line each.
     p.add_argument("--probe", default=d.probe, help="disc, or focused: a band-limited pupil with defocus (default %(default)s)")
@@ -78,7 +80,7 @@ def run_simulate(args) -> int:
         n_angles=args.angles, angle_start=args.angle_range[0], angle_stop=args.angle_range[1],
         detector_size=args.detector, probe_diameter=args.probe_diameter, probe_soft_edge=args.probe_soft_edge,
         probe_file=args.probe_file, step=args.step, shift=args.shift, shift_axes=args.shift_axes,
-        photons=args.photons, noise=args.noise, seed=args.seed, ellipsoids=args.ellipsoids,
+        photons=args.photons, noise=args.noise, seed=args.seed, ellipsoids=args.ellipsoids, material=args.material,
         oversample=args.oversample, device=args.device, precision=args.precision,
         probe=args.probe, pupil=args.pupil, defocus=args.defocus, probe_modes=args.probe_modes,
         mode_power_ratio=args.mode_power_ratio, file_probe=args.file_probe, position_errors=args.position_errors,

@@ -35,6 +35,7 @@ from .io import Geometry, PtychoTomoData
 from .operators import JointModel
 from .operators.ptycho import far_field, far_field_adjoint
 from .phantoms import block_average, load_volume, random_ellipsoids, woven_wire
+from .physics import delta_beta
 from .scan import (
     MAX_PROBE_MODES,
     centre_crop,
@@ -70,6 +71,7 @@ class SimulationConfig:
     """Every knob of a simulation; stored in the file's ``/simulation`` attributes."""
 
     phantom: str = "woven-wire"  # woven-wire | ellipsoids | path to a .npy / HDF5 volume
+    material: str | None = None  # "FORMULA:DENSITY": the phantom's delta map as density fractions of one compound
     size: int = 64
     voxel_size_m: float = 10e-9
     energy_kev: float = 5.0
@@ -107,6 +109,8 @@ class SimulationConfig:
             raise PtytomoError(
                 f"--phantom {self.phantom!r}: not one of {', '.join(PHANTOMS)} and no such volume file"
             )
+        if self.material is not None:
+            self.compound()
         if self.noise not in NOISE_MODELS:
             raise PtytomoError(f"--noise {self.noise!r}: choose one of {', '.join(NOISE_MODELS)}")
         if self.size < 2:
@@ -144,6 +148,18 @@ class SimulationConfig:
         if not 0 <= self.angle_intensity_jitter <= 0.5:
             raise PtytomoError(f"--i0-jitter must be in [0, 0.5] (an rms fraction), got {self.angle_intensity_jitter}")
 
+    def compound(self) -> tuple[float, float]:
+        """(delta, beta) of ``material`` at the beam energy; one-line errors naming ``--material``."""
+        formula, _, density = str(self.material).partition(":")
+        try:
+            grams_per_cm3 = float(density)
+        except ValueError:
+            raise PtytomoError(f"--material {self.material!r}: expected FORMULA:DENSITY (g/cm^3), e.g. SiO2:2.2") from None
+        try:
+            return delta_beta(formula, grams_per_cm3, self.energy_kev)
+        except PtytomoError as exc:
+            raise PtytomoError(f"--material {self.material!r}: {exc}") from None
+
     def resolved_defocus(self) -> float:
         return default_defocus(self.pupil, self.detector_size) if self.defocus is None else float(self.defocus)
 
@@ -152,18 +168,27 @@ class SimulationConfig:
 
 
 def make_phantom(config: SimulationConfig, factor: int) -> np.ndarray:
-    """The phantom on a grid ``factor`` times finer than the reconstruction grid."""
+    """The phantom on a grid ``factor`` times finer than the reconstruction grid; with ``material``, its
+    delta map scaled to [0, 1] becomes the density fraction of that one compound (beta in proportion):
+    the same shapes as a weak phase object, such as SiO2 at 8 keV."""
     n = config.size * factor
     if config.phantom == "woven-wire":
-        return woven_wire(n, energy_kev=config.energy_kev)
-    if config.phantom == "ellipsoids":
-        return random_ellipsoids(n, count=config.ellipsoids, seed=config.seed, energy_kev=config.energy_kev)
-    volume = load_volume(config.phantom)
-    # A user's volume has no finer description: refine by repetition so the
-    # detector-plane sampling is still the fine one.
-    for axis in range(3):
-        volume = np.repeat(volume, factor, axis)
-    return volume
+        volume = woven_wire(n, energy_kev=config.energy_kev)
+    elif config.phantom == "ellipsoids":
+        volume = random_ellipsoids(n, count=config.ellipsoids, seed=config.seed, energy_kev=config.energy_kev)
+    else:
+        volume = load_volume(config.phantom)
+        # A user's volume has no finer description: refine by repetition so the
+        # detector-plane sampling is still the fine one.
+        for axis in range(3):
+            volume = np.repeat(volume, factor, axis)
+    if config.material is None:
+        return volume
+    strongest = float(volume.real.max())
+    if not strongest > 0:
+        raise PtytomoError(f"--material {config.material!r}: the phantom has no positive delta to scale")
+    delta, beta = config.compound()
+    return (volume.real.astype(np.float64) / strongest) * complex(delta, beta)
 
 
 def fine_probe(probe: np.ndarray, factor: int) -> np.ndarray:
