@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ptytomo import SimulationConfig, simulate
-from ptytomo.phantoms import random_ellipsoids
+from ptytomo.phantoms import one_compound, random_ellipsoids
 from ptytomo.physics import delta_beta
 from ptytomo.reconstruct import ReconstructOptions, reconstruct
 
@@ -37,8 +37,7 @@ def weak_phantom(path: str, size: int) -> str:
     volume file onto its 2x finer grid, so this object has no sub-voxel detail (the woven wires have);
     only the detector-plane sampling is the fine one."""
     volume = random_ellipsoids(size, count=10, seed=1, energy_kev=8.0)
-    delta, beta = delta_beta("SiO2", 2.2, 8.0)
-    np.save(path, (volume.real / volume.real.max()) * (delta + 1j * beta))
+    np.save(path, one_compound(volume, *delta_beta("SiO2", 2.2, 8.0)))
     return path
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from ptytomo import phantoms
 from ptytomo.errors import PtytomoError
-from ptytomo.phantoms import block_average, load_volume, random_ellipsoids, woven_wire
+from ptytomo.phantoms import block_average, load_volume, one_compound, random_ellipsoids, woven_wire
 from ptytomo.physics import PLANCK_KEV_M, WIRE_MATERIALS, Material, delta_beta, wavelength_m, wavenumber
 
 # METHOD.md, tabulated optical constants at 5 keV: formula -> (delta, beta).
@@ -276,3 +276,15 @@ def test_load_volume_errors(tmp_path, volume):
     (tmp_path / "fake.h5").write_bytes(b"not hdf5")
     with pytest.raises(PtytomoError, match="fake.h5"):
         load_volume(tmp_path / "fake.h5")
+
+
+def test_one_compound_keeps_the_shapes_as_density_fractions():
+    """The strongest voxel becomes the compound itself, the others the same fraction of its delta and beta;
+    a phantom with no positive delta has nothing to scale."""
+    volume = np.zeros((2, 2, 2), dtype=np.complex64)
+    volume[0, 0, 0], volume[1, 1, 1] = 4e-5 + 1e-6j, 1e-5 + 3e-6j
+    scaled = one_compound(volume, 7e-6, 2e-8)
+    assert scaled[0, 0, 0] == pytest.approx(7e-6 + 2e-8j) and scaled[1, 1, 1] == pytest.approx(0.25 * (7e-6 + 2e-8j))
+    assert np.count_nonzero(scaled) == 2
+    with pytest.raises(PtytomoError, match="no positive delta"):
+        one_compound(np.zeros((2, 2, 2)), 7e-6, 2e-8)

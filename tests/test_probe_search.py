@@ -9,7 +9,7 @@ from ptytomo.model.probe import initial_probe
 from ptytomo.model.probe_search import (AGREEMENT, BEAM_FRACTIONS, bright_field_radius, defocus_distances,
                                         far_field_agreement, search_angles)
 from ptytomo.objective import detector_residual
-from ptytomo.phantoms import random_ellipsoids
+from ptytomo.phantoms import one_compound, random_ellipsoids
 from ptytomo.physics import delta_beta, wavelength_m
 from ptytomo.reconstruct import ReconstructOptions, reconstruct
 from ptytomo.scan import default_defocus, focused_probe
@@ -25,8 +25,7 @@ def weak_data(tmp_path, file_probe="nominal", position_errors=0.0, n_angles=16, 
     path = tmp_path / "weak.npy"
     if not path.exists():
         volume = random_ellipsoids(16, count=6, seed=1, energy_kev=8.0)
-        delta, beta = delta_beta("SiO2", 2.2, 8.0)
-        np.save(path, (volume.real / volume.real.max()) * (delta + 1j * beta) * 3)
+        np.save(path, one_compound(volume, *delta_beta("SiO2", 2.2, 8.0)) * 3)
     config = SimulationConfig(phantom=str(path), size=16, n_angles=n_angles, detector_size=15, probe_diameter=7,
                               step=3, oversample=2, energy_kev=8.0, voxel_size_m=1e-8, probe="focused",
                               file_probe=file_probe, position_errors=position_errors, photons=1e6, noise="poisson",

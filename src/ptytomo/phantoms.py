@@ -355,6 +355,15 @@ def load_volume(path: str | os.PathLike, dataset: str | None = None) -> np.ndarr
         return _checked_volume(node[()], f"{path}:{name}")
 
 
+def one_compound(volume: np.ndarray, delta: float, beta: float) -> np.ndarray:
+    """``volume``'s delta map, scaled to [0, 1], as the density fraction of one compound whose refractive
+    index is ``delta + i beta`` (beta in proportion): the same shapes as a weak phase object (float64)."""
+    strongest = float(np.asarray(volume).real.max())
+    if not strongest > 0:
+        raise PtytomoError("the phantom has no positive delta to scale to one compound")
+    return (np.asarray(volume).real.astype(np.float64) / strongest) * complex(delta, beta)
+
+
 def block_average(volume: np.ndarray, factor: int) -> np.ndarray:
     """Mean over ``factor^3`` blocks: brings an oversampled volume to the reconstruction grid."""
     factor = _positive_int(factor, "factor")

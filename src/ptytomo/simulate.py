@@ -34,7 +34,7 @@ from .errors import PtytomoError
 from .io import Geometry, PtychoTomoData
 from .operators import JointModel
 from .operators.ptycho import far_field, far_field_adjoint
-from .phantoms import block_average, load_volume, random_ellipsoids, woven_wire
+from .phantoms import block_average, load_volume, one_compound, random_ellipsoids, woven_wire
 from .physics import delta_beta
 from .scan import (
     MAX_PROBE_MODES,
@@ -168,9 +168,8 @@ class SimulationConfig:
 
 
 def make_phantom(config: SimulationConfig, factor: int) -> np.ndarray:
-    """The phantom on a grid ``factor`` times finer than the reconstruction grid; with ``material``, its
-    delta map scaled to [0, 1] becomes the density fraction of that one compound (beta in proportion):
-    the same shapes as a weak phase object, such as SiO2 at 8 keV."""
+    """The phantom on a grid ``factor`` times finer than the reconstruction grid; with ``material``, in
+    that one compound (``phantoms.one_compound``: a weak phase object, such as SiO2 at 8 keV)."""
     n = config.size * factor
     if config.phantom == "woven-wire":
         volume = woven_wire(n, energy_kev=config.energy_kev)
@@ -184,11 +183,10 @@ def make_phantom(config: SimulationConfig, factor: int) -> np.ndarray:
             volume = np.repeat(volume, factor, axis)
     if config.material is None:
         return volume
-    strongest = float(volume.real.max())
-    if not strongest > 0:
-        raise PtytomoError(f"--material {config.material!r}: the phantom has no positive delta to scale")
-    delta, beta = config.compound()
-    return (volume.real.astype(np.float64) / strongest) * complex(delta, beta)
+    try:
+        return one_compound(volume, *config.compound())
+    except PtytomoError as exc:
+        raise PtytomoError(f"--material {config.material!r}: {exc}") from None
 
 
 def fine_probe(probe: np.ndarray, factor: int) -> np.ndarray:
