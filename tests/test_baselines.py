@@ -90,7 +90,9 @@ def test_filtered_back_projection_inverts_the_projector():
         (dict(method="sequential"), 0.06, 0.10),  # measured 0.046, 0.079
         (dict(method="sequential", tomography="fbp"), 0.35, 0.35),  # 0.28, 0.30: 32 angles for 16 px
         (dict(method="admm", iterations=25), 0.04, 0.07),  # 0.023, 0.048
-        (dict(method="admm", iterations=25, rho_update="balance"), 0.05, 0.08),  # 0.033, 0.063
+        # from a penalty 10x too small, so that the primal residual outgrows the dual one by the 10x that
+        # residual balancing acts on (from the default 0.5 the ratio stays near 7-9x here, machine-dependent)
+        (dict(method="admm", iterations=25, rho_update="balance", rho=0.05), 0.05, 0.08),  # 0.022, 0.045
     ],
 )
 def test_baselines_reconstruct_noise_free_data(small, options, bound_delta, bound_beta):

@@ -19,10 +19,12 @@ import torch
 
 from ptytomo import SimulationConfig, simulate
 from ptytomo.cli import main
-from ptytomo.distributed import Comm, available_memory, partition, reduce_bytes, should_stream
+from ptytomo.distributed import Comm, partition, reduce_bytes
+from ptytomo.resources import host_memory_available, should_stream
 from ptytomo.errors import PtytomoError
 from ptytomo.io import LazyIntensities, read_data, read_reconstruction, write_data
-from ptytomo.reconstruct import ReconstructOptions, build_objective, measured_amplitudes, reconstruct
+from ptytomo.reconstruct import ReconstructOptions, build_objective, reconstruct
+from ptytomo.stream import measured_amplitudes
 from ptytomo.stream import AmplitudeStream
 
 RUN = ["--device", "cpu", "--precision", "float64", "--quiet", "--rank-timeout", "60"]
@@ -71,7 +73,7 @@ def test_one_rank_comm_is_the_identity_and_traffic_is_a_ring_all_reduce():
 
 def test_stream_auto_streams_what_would_fill_the_memory():
     cpu = torch.device("cpu")
-    assert should_stream("auto", available_memory(), cpu) and not should_stream("auto", 2**20, cpu)
+    assert should_stream("auto", host_memory_available(), cpu) and not should_stream("auto", 2**20, cpu)
     assert should_stream("on", 1, cpu) and not should_stream("off", 2**60, cpu)
 
 

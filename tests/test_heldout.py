@@ -1,5 +1,5 @@
 """--tv auto (held-out frames), the Plateau rule against offset costs, the Poisson first step and
-flat L-BFGS cost per iteration (issue 14).  Tiny oversampled problems: 16^3, 24 angles, 15 px detector."""
+flat L-BFGS cost per iteration.  Tiny oversampled problems: 16^3, 24 angles, 15 px detector."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import torch
 from interrupting import Interrupting
 from ptytomo import SimulationConfig, simulate
 from ptytomo.io import read_reconstruction, write_reconstruction
-from ptytomo.reconstruct import ReconstructOptions, assess, build_objective, median_frame_counts, reconstruct
+from ptytomo.diagnostics import assess, median_frame_counts
+from ptytomo.reconstruct import ReconstructOptions, build_objective, reconstruct
 from ptytomo.report import HELDOUT_NAME, write_report
 from ptytomo.errors import PtytomoError
 from ptytomo.solvers import Regularised, make_optimizer
@@ -92,15 +93,15 @@ def test_weights_the_heldout_frames_cannot_tell_apart_go_to_the_fixed_ones():
 def test_tv_auto_scores_its_path_against_the_refined_probe_and_positions():
     """A nominal disc in the file, a focused beam and positions 0.5 px off in the data, refinement on (the
     default): the path of weights must be scored with the refined probe and windows.  Scored with the
-    file's (before the calibration run), every weight failed and the run returned delta 3.09, beta 41.9."""
+    file's (without the calibration run), every weight fails and the run returns delta 3.09, beta 41.9."""
     config = SimulationConfig(size=12, n_angles=16, detector_size=15, probe_diameter=7, step=3, oversample=2,
                               voxel_size_m=50e-9, probe="focused", file_probe="nominal", position_errors=0.5,
                               noise="poisson", photons=1e5, device="cpu")
     data = simulate(config, progress=False)
     recon = reconstruct(data, ReconstructOptions(iterations=80, device="cpu", tv="auto"), progress=False)
     # Measured: delta 0.371, beta 0.891 (the fixed weights: 0.434, 0.634; with --refine probe,positions,
-    # before shifts joined the default: 0.428, 0.743, the difference being the probe the coarse step
-    # refines, with which the path chose a 3x stronger beta weight); 80 calibration iterations.
+    # without the shifts: 0.428, 0.743, the difference being the probe the coarse step refines, with
+    # which the path chose a 3x stronger beta weight); 80 calibration iterations.
     delta, beta = relative_errors(recon)
     assert delta < 0.5 and beta < 1.0
     assert recon.parameters["heldout_calibration_iterations"] > 10
@@ -113,7 +114,7 @@ def test_the_chosen_weights_differ_between_the_data_sets(auto_runs):
     assert noisy >= 3 * clean
 
 
-# Two rows of the README's table (benchmarks/heldout.py: 16^3 woven wires, 24 angles, oversample 2,
+# Two rows of the table in docs/benchmarks/methods.md (benchmarks/heldout.py: 16^3 woven wires, 24 angles, oversample 2,
 # 1e4 photons, --refine none, every other option at its default).  Measured delta, joint / Sequential:
 # 14 % overlap, where per-angle ptychography breaks down: 0.486 / 1.115 (0.44x); 71 %, where both
 # work: 0.306 / 0.303, a tie (over noise seeds 1-4 the difference is +0.001 +- 0.004).
@@ -204,8 +205,8 @@ def test_tv_auto_is_the_default_where_there_is_a_tv_prior_and_refused_by_hand_el
 def test_a_resumed_tv_auto_run_keeps_its_weights_and_gives_the_uninterrupted_result(tmp_path, monkeypatch):
     """The weights chosen before the loop travel in the checkpoint: a resumed run does not run the path
     again (it could choose otherwise: a joint run with refinement scores it after a calibration run)."""
-    from ptytomo import reconstruct as module
     from ptytomo.solvers import heldout
+    from ptytomo.solvers.methods import Method
     from ptytomo.solvers.run import load_checkpoint
 
     data = simulate(SimulationConfig(**SMALL, photons=1e5, noise="poisson"))
@@ -215,13 +216,13 @@ def test_a_resumed_tv_auto_run_keeps_its_weights_and_gives_the_uninterrupted_res
     limit = straight.parameters["iterations_limit"]
     assert limit == 5 and straight.parameters["effective_tv_delta"] != 0.1  # a finish of 5 from a chosen weight
 
-    make_stepper = module.make_stepper
-    monkeypatch.setattr(module, "make_stepper", lambda *a, **k: Interrupting(make_stepper(*a, **k), at=3))
+    stepper = Method.stepper
+    monkeypatch.setattr(Method, "stepper", lambda *a, **k: Interrupting(stepper(*a, **k), at=3))
     checkpoint = tmp_path / "run.ckpt"
     reconstruct(data, ReconstructOptions(**options, checkpoint=str(checkpoint)), progress=False)
     saved = load_checkpoint(checkpoint)
     assert saved["iteration"] == 2 and saved["extra"]["tv_delta"] == straight.parameters["effective_tv_delta"]
-    monkeypatch.setattr(module, "make_stepper", make_stepper)
+    monkeypatch.setattr(Method, "stepper", stepper)
     monkeypatch.setattr(heldout.HeldOutPath, "run", lambda *a: pytest.fail("the path ran again on resume"))
     resumed = reconstruct(data, ReconstructOptions(**options, resume=str(checkpoint)), progress=False)
     np.testing.assert_array_equal(resumed.volume, straight.volume)
@@ -243,8 +244,8 @@ def test_plateau_measures_the_change_against_the_decrease_so_far():
 
 
 def test_poisson_on_a_focused_low_overlap_low_dose_case_moves_off_the_empty_volume():
-    """Before the capped first step this case stopped after 4 iterations with the empty volume
-    (relative RMSE 1.0): the 1/L step of the Poisson gradient at u = 0 was hundreds of radians."""
+    """Without the capped first step this case stops after 4 iterations with the empty volume
+    (relative RMSE 1.0): the 1/L step of the Poisson gradient at u = 0 is hundreds of radians."""
     data = simulate(SimulationConfig(**{**SMALL, "probe_diameter": 15, "step": 6}, probe="focused", photons=1e5,
                                      noise="poisson"))
     recon = reconstruct(data, ReconstructOptions(refine="none", device="cpu", loss="poisson"), progress=False)
@@ -262,9 +263,9 @@ def test_assess_prints_no_negative_overlap_for_a_focused_probe():
 
 
 def test_lbfgs_evaluations_per_iteration_stay_bounded_late_in_a_run():
-    """Past convergence a float32 line search finds no decrease; it used to try 12 evaluations every
-    iteration from then on (measured: 12.0 per iteration over iterations 50-300 of this problem), or
-    accepted steps cut 10 times (10-12 evaluations each for 15 iterations)."""
+    """Past convergence a float32 line search finds no decrease; without the stationary rule it tries 12
+    evaluations every iteration from then on (measured: 12.0 per iteration over iterations 50-300 of this
+    problem), or accepts steps cut 10 times (10-12 evaluations each for 15 iterations)."""
     torch.manual_seed(0)
     data = simulate(SimulationConfig(**SMALL, photons=1e4, noise="poisson"))
     objective = build_objective(data, ReconstructOptions(refine="none", device="cpu"))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ptytomo.model.probe import initial_probe
+from ptytomo.model.probe_init import initial_probe
 from ptytomo.model.probe_search import (AGREEMENT, BEAM_FRACTIONS, bright_field_radius, defocus_distances,
                                         far_field_agreement, search_angles)
 from ptytomo.objective import detector_residual
@@ -152,7 +152,7 @@ def test_poissons_gauss_newton_residual_is_the_amplitude_step_near_a_fit_and_bou
 
 
 def test_auto_loss_is_poisson_on_photon_counts_and_amplitude_otherwise(tmp_path):
-    from ptytomo.reconstruct import choose_loss
+    from ptytomo.diagnostics import choose_loss
 
     counts = weak_data(tmp_path, file_probe="true")  # 1e6 photons: 4400 a pixel
     assert choose_loss(counts) == "poisson"

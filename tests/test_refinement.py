@@ -9,7 +9,8 @@ from ptytomo.cli import main
 from ptytomo.errors import PtytomoError
 from ptytomo.io import read_reconstruction, write_data
 from ptytomo.model import orthogonal_modes
-from ptytomo.model.probe import add_modes, parse_probe_init, propagate
+from ptytomo.model.probe import propagate
+from ptytomo.model.probe_init import add_modes, parse_probe_init
 from ptytomo.model.groups import GroupOptions, ParameterGroup, group_states, load_group_states
 from ptytomo.model.positions import (affine_fit, follow_angle_mean, pin_scan_scale, remove_angle_means,
                                     remove_translation_gauge)
@@ -360,7 +361,7 @@ def test_probe_is_retrieved_against_a_known_strong_object():
     the simultaneous (PIE-type) update converges to the true probe.  Measured: probe error 0.73 ->
     0.001 after 100 updates, 2e-4 after 125 (100 nm voxels: phase contrast strong enough; with weak
     contrast the probe is barely measured and the update stalls, see docs/refinement.md)."""
-    from ptytomo.model.probe import initial_probe
+    from ptytomo.model.probe_init import initial_probe
     from ptytomo.reconstruct import build_objective, make_groups
     from ptytomo.scan import disc_probe, scale_probe
 

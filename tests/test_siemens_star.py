@@ -18,7 +18,7 @@ import pytest
 import siemens_star_sim as sim
 from ptytomo.io import read_data
 from ptytomo.io.series import ImportOptions, import_series
-from ptytomo.model.probe import initial_probe
+from ptytomo.model.probe_init import initial_probe
 from ptytomo.reconstruct import ReconstructOptions, reconstruct
 
 CONFIG = sim.StarConfig(detector=32, frames=100, spokes=16)
@@ -76,8 +76,8 @@ def test_refinement_recovers_star_probe_and_positions(star):
 
 def test_zero_frequency_behind_a_central_stop_is_found(star, tmp_path):
     """The zero frequency behind a zone plate's central stop is dark and the pattern an annulus: the
-    importer must not take the brightest pixel for it (it found 5,29 here before io.series.detect_dc
-    looked for the pattern's centre of symmetry)."""
+    importer must not take the brightest pixel for it (that would be 5,29 here; io.series.detect_dc
+    looks for the pattern's centre of symmetry)."""
     _, _, _, cxi, angles = star
     record = import_series(tmp_path / "auto.h5", [str(cxi)], ImportOptions(angles_file=str(angles), conjugate="no"),
                            progress=False)
@@ -104,8 +104,8 @@ def test_the_mean_pattern_propagated_by_the_defocus_is_the_zone_plate_beam(star)
     right, notes = initial_probe(data, "mean-pattern", 1, defocus_m=CONFIG.defocus_m)
     wrong, _ = initial_probe(data, "mean-pattern", 1, defocus_m=-CONFIG.defocus_m)
     assert any("--probe-defocus" in note for note in notes)
-    # The guess sits in the window's centre, like the probe it stands for (it used to be split over the
-    # window's corners).
+    # The guess sits in the window's centre, like the probe it stands for (with a flat phase alone it
+    # would be split over the window's corners).
     intensity = np.abs(focus[0]) ** 2
     u = np.arange(CONFIG.detector)
     centre = (intensity.sum(1) @ u / intensity.sum(), intensity.sum(0) @ u / intensity.sum())
@@ -117,7 +117,7 @@ def test_the_mean_pattern_propagated_by_the_defocus_is_the_zone_plate_beam(star)
 
 
 def test_star_positions_come_within_a_tenth_of_a_pixel_with_the_defaults(star):
-    """The issue's position target on data ptytomo did not make: stage errors of 0.48 px rms per coordinate
+    """A position target of 0.1 px rms on data ptytomo did not make: stage errors of 0.48 px rms per coordinate
     that the file does not hold, a flat disc for a zone-plate probe, `--method ptycho` with its default
     sweeps and stopping rule (what `benchmarks/siemens_star.py --detector 32` runs through the CLI)."""
     scan, data, scorer, _, _ = star
@@ -126,6 +126,6 @@ def test_star_positions_come_within_a_tenth_of_a_pixel_with_the_defaults(star):
     nominal, corrected = sim.position_error(scan, data.positions[0], refined.positions[0])
     # Measured 0.048 px rms per coordinate over all windows (0.067 px with --position-scale free: the
     # scan's scale drifts with the probe's curvature), phase correlation 0.985; with the probe search of
-    # --probe-init auto (session 8) 0.057 px, 0.986.
+    # --probe-init auto 0.057 px, 0.986.
     assert nominal > 0.4 and corrected < 0.1, (nominal, corrected)
     assert scorer.phase(refined.transmission[0])[2] > 0.95

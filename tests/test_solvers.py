@@ -151,7 +151,7 @@ def test_nonnegativity_holds(small):
 
 
 def test_noise_free_quality_n32_step4_90_angles():
-    """The issue's bound: N = 32, step 4, 90 angles, noise-free, delta <= 3 %, beta <= 10 %.
+    """The quality bound: N = 32, step 4, 90 angles, noise-free, delta <= 3 %, beta <= 10 %.
 
     Inverse-crime data are fitted exactly, so only a light prior is used (TV
     1e-3, which speeds up the early iterations); the optimiser and everything
@@ -231,7 +231,7 @@ def test_low_dose_gives_a_quiet_beta():
     """At 1e4 photons per frame the absorption signal drowns in noise: the defaults must
     return a smoothed beta (better than the zero estimate), not amplified noise.
     The setting of benchmarks/tune_defaults.py (32^3 woven wires, oversampled data)."""
-    from ptytomo.reconstruct import beta_dose_factor, median_frame_counts
+    from ptytomo.diagnostics import beta_dose_factor, median_frame_counts
 
     data = simulate(SimulationConfig(size=32, n_angles=60, step=4, detector_size=31, photons=1e4,
                                      noise="poisson", oversample=2, seed=1), progress=False)
@@ -243,7 +243,7 @@ def test_low_dose_gives_a_quiet_beta():
 
 def test_assess_handles_windows_beside_the_volume():
     """Wide scans of a small volume put whole windows outside it on one axis."""
-    from ptytomo.reconstruct import assess, median_frame_counts
+    from ptytomo.diagnostics import assess, median_frame_counts
 
     data = simulate(SimulationConfig(size=16, detector_size=15, probe_diameter=7, step=1, n_angles=4), progress=False)
     assert assess(data, median_frame_counts(data)) == [

@@ -239,7 +239,8 @@ def run_import(args) -> int:
 
 def _add_reconstruct(sub) -> None:
     from .objective import LOSSES
-    from .reconstruct import METHODS, POSITION_SCALES, TV_CHOICES, ReconstructOptions
+    from .options import POSITION_SCALES, TV_CHOICES, ReconstructOptions
+    from .solvers.methods import METHODS
     from .solvers import OPTIMIZERS
 
     d = ReconstructOptions()
@@ -340,7 +341,7 @@ def _add_reconstruct(sub) -> None:
 
 
 def options_from_args(args):
-    from .reconstruct import ReconstructOptions
+    from .options import ReconstructOptions
 
     values = {name: getattr(args, name) for name in ReconstructOptions.names() if hasattr(args, name)}
     weights_given = values.get("tv_delta") is not None or values.get("tv_beta") is not None

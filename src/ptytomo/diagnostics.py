@@ -1,4 +1,5 @@
-"""What the fit says about the data: the final misfit against what photon noise alone leaves.
+"""What the data and the fit say: the survey of a data set before a run (dose, the cost it calls for,
+overlap, angles, illumination) and the final misfit against what photon noise alone leaves.
 
 For Poisson counts n with mean lambda, the amplitude misfit (sqrt(n) - sqrt(lambda))^2 has
 expectation close to 1/4 wherever lambda is a few photons or more (the variance of sqrt of a
@@ -10,10 +11,14 @@ probe, wrong positions, misaligned projections, or frames in the other sign conv
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .distributed import SOLO, Comm
-from .stream import _angle_chunks
+from .io import PtychoTomoData
+from .scan import linear_overlap, probe_diameter_estimate, probe_intensity, step_estimate
+from .stream import _angle_chunks, frame_sums, frames_are_counts
 
 # Expected misfit per pixel at high counts, per loss (intensity: the count itself, see below).
 NOISE_PER_PIXEL = {"amplitude": 0.25, "poisson": 0.5}
@@ -52,3 +57,90 @@ def fit_quality(misfit_counts: float, data, loss: str, comm: Comm = SOLO) -> tup
                    "(--refine probe,positions), misaligned projections, or frames in the other sign convention "
                    "(ptytomo import --conjugate)")
     return record, warning
+
+
+@dataclass
+class Survey:
+    """What a run needs to know of its data before it starts (:func:`survey`)."""
+
+    counts: float  # median photons per frame, over all ranks
+    loss: str  # the cost of the run (--loss auto resolved by choose_loss)
+    warnings: list[str]  # one line per way the data lie outside what the defaults handle well (assess)
+
+
+def survey(data: PtychoTomoData, loss: str, comm: Comm = SOLO) -> Survey:
+    """The first stage of a reconstruction: the frames' dose (one pass over them serves every use), the
+    cost ``loss`` names (``auto``: :func:`choose_loss`) and the warnings of :func:`assess`."""
+    counts = median_frame_counts(data, comm)
+    chosen = choose_loss(data, comm, counts) if loss == "auto" else loss
+    return Survey(counts=counts, loss=chosen, warnings=assess(data, counts, comm))
+
+
+REFERENCE_PHOTONS = 1e6
+LOW_DOSE = 1e5  # photons per frame below which assess() warns
+
+
+def median_frame_counts(data: PtychoTomoData, comm: Comm = SOLO) -> float:
+    return float(np.median(comm.gather(frame_sums(data))))  # over all ranks' frames
+
+
+# --loss auto: the Poisson likelihood from this many photons per detector pixel of the median frame on
+# (measured, benchmarks/loss.py: amplitude better by 17-25 % on delta at 4.4, Poisson better or within 3 % at 44)
+POISSON_COUNTS_PER_PIXEL = 10.0
+
+
+def choose_loss(data: PtychoTomoData, comm: Comm = SOLO, counts: float | None = None) -> str:
+    """``--loss auto``: the Poisson likelihood where the frames hold photon counts (whole numbers on every
+    rank) and the median frame (``counts``, computed when None) brings POISSON_COUNTS_PER_PIXEL per
+    detector pixel or more; the amplitude cost otherwise (noise-free simulations, processed frames,
+    very low doses).
+
+    sqrt(counts) is biased low where a pixel expects a few photons (E sqrt(n) = 0.78 at one expected
+    photon), and the amplitude cost fits that bias: it shrinks what the object scatters into the dark
+    field, the whole contrast of a weak object (measured, benchmarks/loss.py: delta's best-fit scale
+    2.8-3.5 on a SiO2 phantom with a focused beam, relative error 0.76-0.83 against Poisson's 0.40-0.49
+    at 1e5-1e6 photons a frame).  At a few photons per pixel everywhere the shrinkage regularises what
+    the TV path cannot: there the amplitude cost is the better (docs/benchmarks/loss.md)."""
+    if comm.anyone(not frames_are_counts(data)):
+        return "amplitude"
+    counts = median_frame_counts(data, comm) if counts is None else counts
+    pixels = data.detector_size**2 if data.mask is None else int(np.count_nonzero(data.mask))
+    return "poisson" if counts >= POISSON_COUNTS_PER_PIXEL * max(pixels, 1) else "amplitude"
+
+
+def beta_dose_factor(counts: float) -> float:
+    """sqrt(1e6 / median photons per frame), at least 1: the beta TV weight's growth at low dose."""
+    return max(1.0, float(np.sqrt(REFERENCE_PHOTONS / max(counts, 1.0))))
+
+
+def assess(data: PtychoTomoData, counts: float, comm: Comm = SOLO) -> list[str]:
+    """One line per way ``data`` lies outside what the defaults handle well."""
+    notes = []
+    valid = data.valid_or_all()
+    nz, _, nx = data.geometry.volume_shape
+    step, diameter = step_estimate(data.positions[0][valid[0]]), probe_diameter_estimate(data.probe)
+    overlap = linear_overlap(step, diameter)
+    if overlap <= 0:  # 1 - step/D is negative there: say what it means instead of a negative percentage
+        notes.append(f"no probe overlap (scan step {step:.3g} px >= probe diameter {diameter:.3g} px, 90 % power): "
+                     "expect artefacts between scan positions; 50-75 % overlap is typical")
+    elif overlap < 0.3:
+        notes.append(f"low probe overlap (~{overlap:.0%}): expect artefacts between scan positions; 50-75 % is typical")
+    n_angles = comm.total(data.n_angles)
+    if n_angles < 0.5 * nx:
+        notes.append(f"few angles ({n_angles} for {nx} voxels across): expect streaks from angular undersampling")
+    if counts < LOW_DOSE:
+        notes.append(f"low dose (median {counts:.3g} photons per frame): beta (absorption) will be weak and smoothed")
+    illuminated = np.zeros((nz, nx), dtype=bool)
+    intensity = probe_intensity(data.probe)
+    support = intensity > 0.01 * intensity.max()
+    m = data.detector_size
+    for r, c in np.round(data.positions[valid]).astype(int):
+        rows, cols = slice(max(r, 0), min(r + m, nz)), slice(max(c, 0), min(c + m, nx))
+        if rows.stop <= rows.start or cols.stop <= cols.start:
+            continue  # a window beside the volume (wide scans, small volumes)
+        illuminated[rows, cols] |= support[rows.start - r : rows.stop - r, cols.start - c : cols.stop - c]
+    illuminated = comm.union(illuminated)
+    if illuminated.mean() < 0.99:
+        notes.append(f"{1 - illuminated.mean():.0%} of the projection plane is never illuminated at any angle: "
+                     "voxels there are not measured")
+    return notes

@@ -41,14 +41,9 @@ import torch.distributed as dist
 from .device import resolve_device
 from .errors import PtytomoError
 from .io import PtychoTomoData, intensities_shape, read_data
-from .resources import is_out_of_memory, out_of_memory_message
+from .resources import STREAM_MODES, is_out_of_memory, out_of_memory_message, should_stream
 
 DEFAULT_TIMEOUT_S = 1800.0
-STREAM_MODES = ("auto", "on", "off")
-# The in-memory path holds the frames and their amplitudes and makes one more
-# copy while converting; stream when that would take over half the memory.
-IN_MEMORY_COPIES = 3
-MEMORY_FRACTION = 0.5
 
 
 class PeerLost(PtytomoError):
@@ -68,6 +63,20 @@ def partition(n_items: int, size: int, rank: int) -> slice:
     base, extra = divmod(n_items, size)
     start = rank * base + min(rank, extra)
     return slice(start, start + base + (1 if rank < extra else 0))
+
+
+def gather_angles(comm: Comm, local: torch.Tensor | None):
+    """All ranks' per-angle state in angle order (on CPU), so a checkpoint resumes on any rank count."""
+    if local is None:
+        return None
+    return torch.from_numpy(comm.gather(local.cpu().numpy()))
+
+
+def share_of(comm: Comm, whole: torch.Tensor | None, like: torch.Tensor):
+    """This rank's angles of a gathered per-angle state, on ``like``'s device."""
+    if whole is None:
+        return None
+    return whole[partition(whole.shape[0], comm.size, comm.rank)].to(like.device)
 
 
 def reduce_bytes(numel: int, itemsize: int, size: int) -> int:
@@ -247,26 +256,6 @@ def read_share(path, comm: Comm, stream: str = "auto") -> PtychoTomoData:
     rows = partition(n_angles, comm.size, comm.rank)
     frame_bytes = (rows.stop - rows.start) * n_positions * m * m * 4
     return read_data(path, angles=rows, stream=should_stream(stream, frame_bytes, comm.device))
-
-
-def should_stream(mode: str, frame_bytes: int, device: torch.device) -> bool:
-    """``auto``: stream when this rank's frames would take over half its part of the memory."""
-    if mode != "auto":
-        return mode == "on"
-    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    if IN_MEMORY_COPIES * frame_bytes > MEMORY_FRACTION * available_memory() / ranks_here:
-        return True
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return frame_bytes > MEMORY_FRACTION * free
-    return False
-
-
-def available_memory() -> int:
-    """Bytes of host memory available now (MemAvailable on Linux, capped by a container's limit)."""
-    from .resources import host_memory_available
-
-    return host_memory_available()
 
 
 @contextmanager

@@ -24,8 +24,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .device import resolve_device, resolve_precision
+from .diagnostics import choose_loss
+from .distributed import SOLO, Comm
 from .errors import PtytomoError
 from .operators import JointModel
+from .stream import amplitudes_of, measured_amplitudes
 
 LOSSES = ("amplitude", "intensity", "poisson")
 # Losses with a Gauss-Newton residual (detector_residual(gauss_newton=True)): the per-angle ptychography
@@ -308,3 +312,24 @@ class JointObjective:
             return 2 * self.reduce(out)
 
         return power_iteration(gauss_newton, v, iterations)
+
+
+def build_objective(data, options, comm: Comm = SOLO, probe: np.ndarray | None = None) -> JointObjective:
+    """The joint objective of ``data`` (a PtychoTomoData) under ``options`` (a ReconstructOptions: device,
+    precision, loss, angle batch, the refined groups and their window margin); ``probe`` (K, M, M)
+    replaces the file's (initial guesses).  ``comm`` joins the ranks of a distributed run."""
+    device = resolve_device(options.device)
+    real_dtype, _ = resolve_precision(options.precision)
+    g = data.geometry
+    refined = options.refined()
+    margin = options.window_margin(g.volume_shape)
+    model = JointModel(
+        g.volume_shape, g.voxel_size_m, g.energy_kev, data.angles, data.positions,
+        data.probe if probe is None else probe, valid=data.valid, angle_batch=options.angle_batch or None,
+        device=device, dtype=real_dtype, margin=margin, pruned=False if refined else None,
+    )
+    amplitudes = amplitudes_of(data, model.batches, device, real_dtype)  # None unless streamed
+    if amplitudes is None:
+        amplitudes = torch.from_numpy(measured_amplitudes(data)).to(device=device, dtype=real_dtype)
+    loss = choose_loss(data, comm) if options.loss == "auto" else options.loss
+    return JointObjective(model, amplitudes, loss, data.mask, reduce=comm.sum)

@@ -3,7 +3,7 @@
 A run that cannot fit is refused in one line before any work, naming the
 sizes and what would make it fit; ``simulate``, ``reconstruct`` and the
 importers call :func:`plan_simulation`, :func:`plan_reconstruction` and
-:func:`plan_import` first.  The estimates follow the README's formula for one
+:func:`plan_import` first.  The estimates follow docs/running.md's formula for one
 evaluation (data + volumes + per-batch work) and count every array a run
 keeps; they are upper bounds within a few tens of percent, so a refusal means
 the run would certainly not fit, and a run that passes may still fail an
@@ -69,7 +69,7 @@ SIMULATED_FRAME_BYTES = {"poisson": 22, "none": 10}
 
 
 def format_bytes(n: float) -> str:
-    """``1536 -> '1.5 KiB'``: sizes in messages, in binary units like the README."""
+    """``1536 -> '1.5 KiB'``: sizes in messages, in binary units like the docs."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if abs(n) < 1024 or unit == "PiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
@@ -92,6 +92,26 @@ def host_memory_available() -> int:
         available = _meminfo_available()
     limit = _cgroup_room()
     return available if limit is None else min(available, limit)
+
+
+STREAM_MODES = ("auto", "on", "off")
+# The in-memory path holds the frames and their amplitudes and makes one more
+# copy while converting; stream when that would take over half the memory.
+IN_MEMORY_COPIES = 3
+MEMORY_FRACTION = 0.5
+
+
+def should_stream(mode: str, frame_bytes: int, device: torch.device) -> bool:
+    """``auto``: stream when this rank's frames would take over half its part of the memory."""
+    if mode != "auto":
+        return mode == "on"
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if IN_MEMORY_COPIES * frame_bytes > MEMORY_FRACTION * host_memory_available() / ranks_here:
+        return True
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return frame_bytes > MEMORY_FRACTION * free
+    return False
 
 
 def _meminfo_available() -> int:
@@ -226,12 +246,11 @@ def plan_reconstruction(shapes: ReconstructionShapes, options, ranks: int = 1, s
                         device: torch.device | None = None) -> MemoryPlan:
     """Peak memory of one rank of ``reconstruct`` (every method), from shapes and options only."""
     from .device import resolve_device
-    from .distributed import partition, should_stream
 
     device = device or resolve_device(options.device)
     real, cplx = _itemsizes(options.precision)
     a_total, j, m = shapes.n_angles, shapes.n_positions, shapes.detector_size
-    a = partition(a_total, max(ranks, 1), 0).stop  # rank 0 has the largest share
+    a = -(-a_total // max(ranks, 1))  # rank 0's share, the largest (distributed.partition)
     nz, ny, nx = shapes.volume_shape
     voxels = nz * ny * nx
     modes = _modes(shapes, options)
@@ -568,14 +587,12 @@ def data_fingerprint(data, comm=None) -> str:
     probe and mask, and the frames of the first and the last angle (reading
     two angles is cheap even when the frames stay in the file).
     """
-    from .distributed import SOLO
-
-    comm = comm or SOLO
     per_angle = [_angle_digest(data, a) for a in range(data.n_angles)]
     edges = (_frames_digest(data, 0), _frames_digest(data, data.n_angles - 1))
-    gathered = comm.gather_objects((per_angle, edges))
+    gathered = comm.gather_objects((per_angle, edges)) if comm is not None else [(per_angle, edges)]
+    n_angles = comm.total(data.n_angles) if comm is not None else data.n_angles
     digest = hashlib.sha256()
-    digest.update(repr((tuple(data.intensities.shape[1:]), comm.total(data.n_angles))).encode())
+    digest.update(repr((tuple(data.intensities.shape[1:]), n_angles)).encode())
     for angles, _ in gathered:  # rank order is angle order
         for item in angles:
             digest.update(item)

@@ -111,6 +111,14 @@ def mean_pattern(data: PtychoTomoData, chunk_bytes: int = CHUNK_BYTES) -> np.nda
     return total / max(int(valid.sum()), 1)
 
 
+def measured_amplitudes(data: PtychoTomoData) -> np.ndarray:
+    """sqrt(counts), with padding entries (valid False) set to zero so they cannot leak NaN."""
+    amplitudes = np.sqrt(np.maximum(data.intensities, 0, dtype=np.float32))
+    if data.valid is not None:
+        amplitudes[~data.valid] = 0.0
+    return amplitudes
+
+
 def amplitudes_of(data: PtychoTomoData, batches: list[slice], device, dtype) -> AmplitudeStream | None:
     """An AmplitudeStream for streamed data, None for frames in memory."""
     if not isinstance(data.intensities, LazyIntensities):

@@ -1,7 +1,7 @@
 """One angle's scan from any HDF5 file, located by a small mapping file (TOML).
 
 The mapping names, for every input file alike, where each field lives and in
-which unit (docs/import.md and the README list the keys)::
+which unit (docs/import.md lists the keys)::
 
     frames = "/entry/data/data"          # (J, H, W) detector frames
     position_x = "/entry/scan/x"         # column axis

@@ -481,7 +481,8 @@ def phase_absorption_correlation(frames: np.ndarray, corners: np.ndarray, angle:
     """
     import torch
 
-    from ..reconstruct import ReconstructOptions, build_objective
+    from ..objective import build_objective
+    from ..options import ReconstructOptions
     from ..solvers.subproblems import PtychographyRetrieval
 
     # Large frames are cropped to CHECK_SIZE: a coarser pixel, enough to see the sign, at a fraction of

@@ -40,6 +40,7 @@ class ParameterGroup:
     """One refinable unknown of the forward model (not the volume)."""
 
     name = ""
+    needs_volume = False  # True: only a method with the volume in its model (joint) can refine it
 
     def __init__(self, model, options: GroupOptions):
         self.model = model

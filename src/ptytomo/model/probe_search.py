@@ -21,9 +21,20 @@ counts) wins.  Its refined probe is the run's start.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
+
+from ..distributed import SOLO
+from ..objective import JointObjective
+from ..operators import JointModel
+from ..operators.ptycho import far_field
+from ..physics import wavelength_m
+from ..scan import probe_from_mean_pattern
+from ..solvers.subproblems import PtychographyRetrieval
+from ..stream import measured_amplitudes
+from .probe import ProbeGroup, ProbeOptions, propagate, rescale_to_counts
 
 # Far-field agreement (normalised inner product of the amplitudes) below which the file's probe is
 # searched around.  Measured: correct probes 0.967-1.0 (strong and weak objects, a zone plate's pupil
@@ -40,8 +51,6 @@ BRIGHT_FIELD = 0.1
 def far_field_agreement(modes: np.ndarray, mean_pattern: np.ndarray, mask=None) -> float:
     """Normalised inner product of ``sqrt(sum_k |F P_k|^2)`` and ``sqrt(mean_pattern)`` over the detector's
     good pixels: 1 when the probe's far field has the data's shape (scale does not count)."""
-    from ..operators.ptycho import far_field
-
     measured = np.sqrt(np.maximum(np.asarray(mean_pattern, dtype=np.float64), 0.0))
     model = np.sqrt((far_field(torch.from_numpy(np.asarray(modes, dtype=np.complex128))).abs() ** 2).sum(0).numpy())
     weight = np.ones_like(measured) if mask is None else np.asarray(mask, dtype=np.float64)
@@ -83,10 +92,6 @@ def subset(data, angles: list[int], comm=None):
     ``comm``, ``angles`` count over all ranks' angles (each rank holding a contiguous share in rank order)
     and every rank returns all of them: the search then runs alike on every rank whatever their number, so
     a run resumed on another number of ranks starts from the same probe."""
-    from dataclasses import replace
-
-    from ..distributed import SOLO
-
     comm = comm or SOLO
     offset = int(comm.gather(np.array([data.n_angles]))[: comm.rank].sum())
     local = [a - offset for a in angles if offset <= a < offset + data.n_angles]
@@ -102,12 +107,6 @@ def score(data, modes: np.ndarray, loss: str, device, dtype, sweeps: int = SWEEP
     """(misfit in counts, refined modes) after ``sweeps`` sweeps of 2D ptychography of ``data`` from
     ``modes``, the probe refined from the third sweep with the free space outside the volume's projection
     pinned to O = 1."""
-    from ..objective import JointObjective
-    from ..operators import JointModel
-    from ..reconstruct import measured_amplitudes
-    from ..solvers.subproblems import PtychographyRetrieval
-    from .probe import ProbeGroup, ProbeOptions
-
     g = data.geometry
     model = JointModel(g.volume_shape, g.voxel_size_m, g.energy_kev, data.angles, data.positions, modes,
                        valid=data.valid, device=device, dtype=dtype, pruned=False)
@@ -127,11 +126,6 @@ def searched_probe(data, modes: np.ndarray, mean_pattern: np.ndarray, loss: str,
                    log=None) -> tuple[np.ndarray, list[str]]:
     """The best start of the file's probe ``modes`` and the mean pattern's pupil, propagated by
     :func:`defocus_distances` (module docstring), refined on a few angles, and the notes to report."""
-    from ..distributed import SOLO
-    from ..physics import wavelength_m
-    from .probe import propagate, rescale_to_counts
-    from ..scan import probe_from_mean_pattern
-
     comm = comm or SOLO
     wavelength = wavelength_m(data.geometry.energy_kev)
     pupil = probe_from_mean_pattern(mean_pattern)[None]

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..distributed import SOLO, Comm, gather_angles, share_of
+from ..model.probe import ProbeGroup, ProbeOptions
 from ..model.shifts import remove_gauge
 from .optimizers import make_optimizer
 from .priors import Regularised
@@ -160,8 +162,6 @@ def measured_projections(objective, sweeps: int, refine_probe: bool = False) -> 
     disc for a focused beam gave projections a quick volume could not explain, projection misfit 0.99),
     then frozen for ``sweeps`` more with the free space released, as the object may sit anywhere a shift
     put it."""
-    from ..model.probe import ProbeGroup, ProbeOptions
-
     retrieval = PtychographyRetrieval(objective)
     psi = retrieval.initial()
     if refine_probe:
@@ -256,3 +256,24 @@ def vertex(left: torch.Tensor, centre: torch.Tensor, right: torch.Tensor) -> tor
     curvature = left - 2 * centre + right
     offset = torch.where(curvature < 0, 0.5 * (left - right) / curvature.clamp_max(-1e-30), torch.zeros_like(centre))
     return offset.clamp(-0.5, 0.5)
+
+
+def align_before_loop(objective, groups: list, options, comm: Comm = SOLO, log=None) -> None:
+    """The coarse-alignment stage of a run: projection matching (:func:`coarse_align`) into the shifts group,
+    when it is refined and --coarse-align is on; a resumed joint run has its shifts in the checkpoint
+    instead.  ``log`` (a logging.Logger) hears the search's steps (debug) and an empty result (info)."""
+    shifts = next((g for g in groups if g.name == "shifts"), None)
+    if shifts is None or options.coarse_align != "on" or (options.resume and options.method == "joint"):
+        return
+    model = objective.model
+    refine_probe = any(g.name == "probe" for g in groups)
+    bound = options.shift_bound(model.volume_shape)
+    found = coarse_align(objective, AlignmentOptions(max_shift=bound, refine_probe=refine_probe),
+                         gather=lambda t: gather_angles(comm, t),
+                         share=lambda t: share_of(comm, t, model.recorded_positions),
+                         log=None if log is None else log.debug)
+    if log is not None and comm.is_main and not bool(found.any()):
+        log.info("coarse alignment: no shifts that make the projections agree better; starting from none")
+    shifts.set(found)
+    if comm.anyone(bool(found.any())):  # every rank, or none: the power iteration sums over ranks
+        objective.normalise()  # windows moved by up to --max-shift: the illumination of the volume changed

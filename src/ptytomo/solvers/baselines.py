@@ -21,26 +21,12 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..distributed import SOLO, Comm, partition
+from ..distributed import SOLO, Comm, gather_angles, share_of
 from ..model.groups import group_states, load_group_states
 from .run import Plateau
 from .subproblems import PtychographyRetrieval, TomographyObjective
 
 TomographySolver = Callable[[TomographyObjective], object]  # builds an optimiser for a target
-
-
-def gather_angles(comm: Comm, local: torch.Tensor | None):
-    """All ranks' per-angle state in angle order (on CPU), so a checkpoint resumes on any rank count."""
-    if local is None:
-        return None
-    return torch.from_numpy(comm.gather(local.cpu().numpy()))
-
-
-def share_of(comm: Comm, whole: torch.Tensor | None, like: torch.Tensor):
-    """This rank's angles of a gathered per-angle state, on ``like``'s device."""
-    if whole is None:
-        return None
-    return whole[partition(whole.shape[0], comm.size, comm.rank)].to(like.device)
 
 
 class Sequential:
