@@ -158,7 +158,7 @@ def test_info_accepts_the_good_file(good_file, capsys):
 
 
 def test_info_warns_of_a_probe_in_other_units(good_file, capsys, tiny_data):
-    """The issue's measured file carried a probe 9,000x weaker than its frames, and info said nothing."""
+    """A measured file can carry a probe 9,000x weaker than its frames: info must say so."""
     code, out, _ = run(capsys, "info", good_file)
     assert code == 0 and "warning" not in out  # the simulator's probe and frames agree
     _edit(good_file, "probe", tiny_data.probe / 100.0)  # 1e4x less power

@@ -1,4 +1,4 @@
-"""Command-line interface: ``ptytomo simulate | info | reconstruct | report | demo``.
+"""Command-line interface: ``ptytomo simulate | info | reconstruct | resolution | report | import | export | demo``.
 
 Each subcommand is a thin layer over the Python API.  A ``PtytomoError`` (bad
 input, bad option, missing CUDA) is printed as one line and exits with status
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 
 import numpy as np
@@ -238,15 +239,22 @@ def run_import(args) -> int:
 
 
 def _add_reconstruct(sub) -> None:
+    p = sub.add_parser("reconstruct", help="reconstruct delta + i beta from a data file")
+    p.add_argument("data", help="data file (HDF5, FORMAT.md layout)")
+    p.add_argument("-o", "--output", required=True, help="reconstruction file to write (HDF5)")
+    add_reconstruct_options(p)
+    p.set_defaults(run=run_reconstruct)
+
+
+def add_reconstruct_options(p) -> None:
+    """Every option of a reconstruction run (ReconstructOptions' fields, --stream, ..., --quiet): the
+    reconstruct and resolution subcommands share them."""
     from .objective import LOSSES
     from .options import POSITION_SCALES, TV_CHOICES, ReconstructOptions
     from .solvers.methods import METHODS
     from .solvers import OPTIMIZERS
 
     d = ReconstructOptions()
-    p = sub.add_parser("reconstruct", help="reconstruct delta + i beta from a data file")
-    p.add_argument("data", help="data file (HDF5, FORMAT.md layout)")
-    p.add_argument("-o", "--output", required=True, help="reconstruction file to write (HDF5)")
     p.add_argument("--method", default=d.method, choices=METHODS)
     p.add_argument("--optimizer", default=d.optimizer, choices=tuple(OPTIMIZERS), help="default %(default)s")
     p.add_argument("--iterations", type=_positive_int, default=d.iterations,
@@ -336,8 +344,10 @@ def _add_reconstruct(sub) -> None:
     p.add_argument("--coarse-align", default=d.coarse_align, choices=("on", "off"),
                    help="--refine shifts: projection matching before the loop or the baseline's tomography "
                         "(default %(default)s)")
+    p.add_argument("--compound", default="", metavar="FORMULA",
+                   help="the sample's chemical formula (e.g. SiO2): the file then also records its mass density "
+                        "from delta and from beta (docs/export.md); electron density is recorded always")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=run_reconstruct)
 
 
 def options_from_args(args):
@@ -408,19 +418,113 @@ def run_reconstruct(args) -> int:
     return 0
 
 
+def _add_resolution(sub) -> None:
+    p = sub.add_parser("resolution", help="estimate the resolution from the data: FSC of two half-data "
+                                          "reconstructions against the 1/2-bit threshold (docs/resolution.md)")
+    p.add_argument("data", help="data file (HDF5, FORMAT.md layout)")
+    p.add_argument("-o", "--output", required=True,
+                   help="reconstruction file to write (HDF5): the mean of the halves, with /resolution; "
+                        "fsc.png goes to OUTPUT_report/")
+    # Checked by resolution.check_split / check_mask, not by argparse choices: a typo gets one line.
+    p.add_argument("--split", default="angles", metavar="angles|frames",
+                   help="halves of every other angle (also measures angular undersampling) or of every other "
+                        "frame of each angle (default %(default)s)")
+    p.add_argument("--fsc-mask", default="none", metavar="none|cylinder",
+                   help="cylinder: a soft mask of the field of view (and the top and bottom faces) before the "
+                        "FSC, for samples that cross the box's faces (default %(default)s)")
+    add_reconstruct_options(p)
+    p.set_defaults(run=run_resolution)
+
+
+def run_resolution(args) -> int:
+    from pathlib import Path
+
+    from .distributed import Comm, read_share
+    from .device import resolve_device
+    from .io import write_reconstruction
+    from .report import write_fsc_figure
+    from .resolution import check_mask, check_options, check_split, estimate_resolution, resolution_line
+    from .resources import check_disks, reconstruction_disk_needs, reconstruction_shapes, require_reconstruction_fits
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise PtytomoError("resolution runs in one process (its two halves one after the other); start it "
+                           "without torchrun")
+    check_split(args.split)
+    check_mask(args.fsc_mask)
+    options = options_from_args(args)
+    check_options(options)
+    shapes = reconstruction_shapes(args.data)
+    if shapes is not None:
+        # Both halves share the data's frames and run one after the other: the peak is (at most) one
+        # reconstruction of all the data, and each half keeps its own checkpoint.
+        require_reconstruction_fits(shapes, options, 1, args.stream)
+        needs = reconstruction_disk_needs(shapes, options, args.output)
+        if "--checkpoint" in needs:
+            path, size = needs["--checkpoint"]
+            needs["--checkpoint"] = (path, 2 * size)
+        check_disks(needs)
+    data = read_share(args.data, Comm(device=resolve_device(options.device)), args.stream)
+    recon = estimate_resolution(data, options, args.split, progress=not args.quiet, mask=args.fsc_mask)
+    write_reconstruction(args.output, recon)
+    output = Path(args.output)
+    figure = write_fsc_figure(recon, output.with_name(output.stem + "_report"), f"{output.name} ({recon.method})")
+    p = recon.parameters
+    print(f"wrote {args.output}: mean of two half-data reconstructions ({args.split} split: "
+          f"{' + '.join(map(str, p['resolution_half_angles']))} angles, "
+          f"{' + '.join(map(str, p['resolution_half_frames']))} frames), {recon.method}/{options.optimizer}")
+    print("resolution (FSC of the halves at the 1/2-bit threshold, half-period): "
+          + "; ".join(resolution_line(recon.resolution, name) for name in ("delta", "beta")))
+    print(f"wrote {figure}")
+    return 0
+
+
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help="write PNG figures of a reconstruction")
     p.add_argument("recon", help="reconstruction file")
     p.add_argument("--data", default=None, help="data file, for the truth when it has one")
     p.add_argument("--out", default=None, help="output folder (default: RECON_report next to the file)")
+    p.add_argument("--compound", default=None, metavar="FORMULA",
+                   help="the sample's chemical formula (e.g. SiO2): units.png adds its mass density from delta and "
+                        "from beta (default: the file's compound attribute, if any)")
     p.set_defaults(run=run_report)
 
 
 def run_report(args) -> int:
+    from .physics import check_compound
     from .report import report_from_files
 
-    for path in report_from_files(args.recon, args.data, args.out):
+    if args.compound is not None:
+        check_compound(args.compound)
+    for path in report_from_files(args.recon, args.data, args.out, compound=args.compound):
         print(f"wrote {path}")
+    return 0
+
+
+def _add_export(sub) -> None:
+    from .io.export import DEFAULT_MAX_BYTES, FORMATS, QUANTITIES
+
+    p = sub.add_parser("export", help="write a reconstruction's delta, beta or electron density as a TIFF stack "
+                                      "(Fiji), OME-Zarr (napari, neuroglancer, ParaView) or .npy")
+    p.add_argument("recon", help="reconstruction file")
+    p.add_argument("output", help="file (.tif, .npy) or folder (.zarr) to write")
+    # Checked by export_volume, not by argparse choices, so a typo gets the one-line error of every other input.
+    p.add_argument("--format", default=None, metavar="|".join(FORMATS),
+                   help="output layout (default: from OUTPUT's suffix: .tif/.tiff, .zarr, .npy)")
+    p.add_argument("--quantity", default="delta", metavar="|".join(QUANTITIES),
+                   help="delta (real part), beta (imaginary part) or electron-density (electrons/nm^3, from delta "
+                        "away from absorption edges); default %(default)s")
+    p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists (only once the export is whole)")
+    p.add_argument("--max-memory-mb", type=_positive_int, default=DEFAULT_MAX_BYTES // 2**20, metavar="MB",
+                   help="memory one slab of the volume may hold (default %(default)s)")
+    p.set_defaults(run=run_export)
+
+
+def run_export(args) -> int:
+    from .io.export import export_volume
+
+    summary = export_volume(args.recon, args.output, args.format, args.quantity, force=args.force,
+                            max_bytes=args.max_memory_mb * 2**20)
+    print(f"wrote {summary.path}: {summary.line()}")
     return 0
 
 
@@ -478,8 +582,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulate(sub)
     _add_info(sub)
     _add_reconstruct(sub)
+    _add_resolution(sub)
     _add_report(sub)
     _add_import(sub)
+    _add_export(sub)
     return parser
 
 

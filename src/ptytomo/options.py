@@ -13,6 +13,7 @@ from .errors import PtytomoError
 from .model import GROUPS
 from .model.probe_init import parse_probe_init
 from .objective import GAUSS_NEWTON_LOSSES, LOSSES
+from .physics import check_compound
 from .solvers import OPTIMIZERS
 from .solvers.methods import METHODS
 
@@ -96,6 +97,9 @@ class ReconstructOptions:
     # and 10 % of the volume's width or height (measured series drift by tens of pixels)
     max_shift: float = 0.0
     coarse_align: str = "on"  # with --refine shifts: projection matching before the loop (solvers/alignment.py)
+    # a chemical formula (SiO2): the file records the compound's mass density from delta and from beta beside
+    # the electron density (physics.physical_units); it changes nothing in the reconstruction
+    compound: str = ""
 
     def refined(self) -> list[str]:
         """The groups named by ``refine``, in their canonical order."""
@@ -164,6 +168,7 @@ class ReconstructOptions:
         if self.checkpoint_every and not self.checkpoint:
             raise PtytomoError("--checkpoint-every needs --checkpoint PATH")
         parse_probe_init(self.probe_init)
+        check_compound(self.compound)
         if not math.isfinite(self.probe_defocus):
             raise PtytomoError(f"--probe-defocus must be a finite number of metres, got {self.probe_defocus}")
         if self.refined() and self.loss not in STEPPED_LOSSES:

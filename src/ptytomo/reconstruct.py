@@ -31,6 +31,7 @@ from .metrics import volume_errors
 from .model import initial_probe, make_groups, refined_fields
 from .model.shifts import bound_reached, shift_summary
 from .objective import build_objective
+from .physics import physical_units
 from .options import ReconstructOptions
 from .resources import data_fingerprint, run_identity
 from .solvers import iterate, load_checkpoint
@@ -136,6 +137,7 @@ def summarise(method, stepper, result, misfit: float, weights, iterations: int, 
     parameters.update(fit)
     if data.truth is not None:
         parameters.update(volume_errors(volume, data.truth))
+    parameters.update(physical_units(volume, data.geometry.energy_kev, options.compound))
     history = {k: np.asarray(v, dtype=np.float64) for k, v in result.history.columns.items()}
     refined = refined_fields(objective, groups, comm)
     refined.update(method.fields(stepper))

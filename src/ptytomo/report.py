@@ -25,6 +25,8 @@ from matplotlib.ticker import MaxNLocator
 from .errors import PtytomoError
 from .io import DATA_FORMAT, TRUTH, Reconstruction, read_reconstruction
 from .metrics import rmse
+from .physics import physical_units
+from .report_units import UNITS_NAME, add_electron_density_scale, add_scale_bar, units_figure
 
 SLICES_NAME = "slices.png"
 CONVERGENCE_NAME = "convergence.png"
@@ -32,6 +34,7 @@ HELDOUT_NAME = "heldout.png"
 SHIFTS_NAME = "angle_shifts.png"
 PROBE_NAME = "probe_modes.png"
 POSITIONS_NAME = "positions.png"
+FSC_NAME = "fsc.png"
 
 _QUANTITIES = (("delta", "real"), ("beta", "imag"))
 _CMAP = "gray"
@@ -44,14 +47,17 @@ _DPI = 110
 
 
 def write_report(recon: Reconstruction, out_dir, truth: np.ndarray | None = None, title: str = "",
-                 recorded_positions: np.ndarray | None = None) -> list[Path]:
+                 recorded_positions: np.ndarray | None = None, compound: str = "") -> list[Path]:
     """Write ``slices.png`` and ``convergence.png`` into ``out_dir``; return their paths.
 
     ``truth`` is an optional complex ``(Nz, Ny, Nx)`` volume (delta + i*beta; a
     real array means beta = 0).  With it, the slice figure shows the truth's
     slices beside the reconstruction's with the same colour limits, and the
     relative RMSE of delta and beta; the convergence figure divides the
-    history's rmse columns by ``sqrt(mean(truth^2))``.
+    history's rmse columns by ``sqrt(mean(truth^2))``.  Every slice panel
+    carries a scale bar, and delta's colour bar a second scale in electrons
+    per nm^3.  With a ``compound`` (a chemical formula), ``units.png`` shows
+    its mass density from delta and from beta (:mod:`ptytomo.report_units`).
     """
     volume = np.asarray(recon.volume)
     if volume.ndim != 3:
@@ -74,9 +80,12 @@ def write_report(recon: Reconstruction, out_dir, truth: np.ndarray | None = None
     errors = _error_labels(volume, truth, norms) if truth is not None else None
 
     paths = [
-        _save_atomically(_slices_figure(volume, truth, errors, title), out / SLICES_NAME),
+        _save_atomically(_slices_figure(volume, truth, errors, title, recon.geometry), out / SLICES_NAME),
         _save_atomically(_convergence_figure(recon.history, norms, title), out / CONVERGENCE_NAME),
     ]
+    if compound:
+        paths.append(_save_atomically(units_figure(volume, recon.geometry.voxel_size_m, recon.geometry.energy_kev,
+                                                   compound, title, _DPI), out / UNITS_NAME))
     if "heldout_misfit" in (recon.parameters or {}):  # a --tv auto run
         paths.append(_save_atomically(heldout_figure(recon.parameters, title), out / HELDOUT_NAME))
     if recon.probe is not None:  # a --refine probe run
@@ -87,15 +96,18 @@ def write_report(recon: Reconstruction, out_dir, truth: np.ndarray | None = None
     if recon.angle_shifts is not None:  # a --refine shifts run
         paths.append(_save_atomically(shifts_figure(recon.angle_shifts, recon.parameters or {}, title),
                                       out / SHIFTS_NAME))
+    if recon.resolution is not None:  # a `ptytomo resolution` file
+        paths.append(write_fsc_figure(recon, out, title))
     return paths
 
 
-def report_from_files(recon_path, data_path=None, out_dir=None) -> list[Path]:
+def report_from_files(recon_path, data_path=None, out_dir=None, compound: str | None = None) -> list[Path]:
     """Read a reconstruction file (and the truth of a data file) and write its report.
 
     The truth is ``/truth/volume`` of ``data_path`` when given and present;
     only that dataset is read, not the intensities.  ``out_dir`` defaults to
-    ``<recon stem>_report`` next to the reconstruction file.
+    ``<recon stem>_report`` next to the reconstruction file.  ``compound``
+    defaults to the file's ``compound`` attribute (``reconstruct --compound``).
     """
     recon_path = Path(recon_path)
     recon = read_reconstruction(recon_path)
@@ -111,7 +123,10 @@ def report_from_files(recon_path, data_path=None, out_dir=None) -> list[Path]:
         out_dir = recon_path.with_name(recon_path.stem + "_report")
     title = f"{recon_path.name} ({recon.method})"
     recorded = _read_positions(Path(data_path)) if data_path is not None and recon.positions is not None else None
-    return write_report(recon, out_dir, truth=truth, title=title, recorded_positions=recorded)
+    if compound is None:
+        compound = recon.parameters.get("compound") or ""
+    return write_report(recon, out_dir, truth=truth, title=title, recorded_positions=recorded,
+                        compound=str(compound).strip())
 
 
 # --------------------------------------------------------------------------
@@ -182,7 +197,7 @@ def _format_error(value: float) -> str:
 # --------------------------------------------------------------------------
 
 
-def _slices_figure(volume, truth, errors, title: str) -> Figure:
+def _slices_figure(volume, truth, errors, title: str, geometry=None) -> Figure:
     rows = []  # (row label, slices, colour limits key)
     for name, attr in _QUANTITIES:
         recon_label = name if truth is None else f"{name} recon"
@@ -193,6 +208,12 @@ def _slices_figure(volume, truth, errors, title: str) -> Figure:
         name: _limits([image for row_name, _, slices, _ in rows if row_name == name for _, image, _, _ in slices])
         for name, _ in _QUANTITIES
     }
+    object_medians = {}  # row label -> the object's median electron density, e/nm^3
+    if geometry is not None:
+        for label, part in (("delta" if truth is None else "delta recon", volume), ("delta truth", truth)):
+            if part is not None:
+                units = physical_units(_part(part, "real"), geometry.energy_kev)
+                object_medians[label] = units["object_electron_density_median_nm3"]
 
     # Fixed margins (in inches) instead of a layout engine: constrained layout
     # costs seconds per figure and these panels never need it.
@@ -230,9 +251,13 @@ def _slices_figure(volume, truth, errors, title: str) -> Figure:
             ax.xaxis.set_major_locator(MaxNLocator(5, integer=True))
             ax.yaxis.set_major_locator(MaxNLocator(5, integer=True))
             ax.tick_params(labelsize=7)
+            if geometry is not None:
+                add_scale_bar(ax, geometry.voxel_size_m, min(volume.shape[1:]))
         colorbar = fig.colorbar(image, cax=fig.add_subplot(grid[r, 3]))
         colorbar.set_label(name)
         colorbar.ax.tick_params(labelsize=7)
+        if geometry is not None and name == "delta":
+            add_electron_density_scale(colorbar, geometry.energy_kev, object_medians.get(label))
 
     if heading:
         fig.suptitle(heading, y=1 - 0.1 / height, va="top")
@@ -386,6 +411,57 @@ def shifts_figure(shifts: np.ndarray, parameters: dict, title: str = "") -> Figu
     ax.set_title(title or "per-angle shifts (gauge removed)")
     fig.tight_layout()
     return fig
+
+
+def fsc_figure(resolution: dict, voxel_size_m: float, title: str = "") -> Figure:
+    """``ptytomo resolution``: the FSC of the two half volumes' delta and beta against spatial frequency
+    (cycles per voxel below, 1/nm above), the 1/2-bit threshold, and each crossing marked with its
+    resolution as a half-period (docs/resolution.md)."""
+    frequency = np.asarray(resolution["frequency"], dtype=np.float64)
+    threshold = np.asarray(resolution["threshold"], dtype=np.float64)
+    voxel_nm = voxel_size_m * 1e9
+    fig = Figure(figsize=(7.0, 4.6), dpi=_DPI)
+    ax = fig.add_subplot()
+    ax.axhline(0.0, color="gray", linewidth=0.6)
+    ax.plot(frequency, threshold, color="black", linestyle="--", label="1/2-bit threshold")
+    for (name, _), colour in zip(_QUANTITIES, ("tab:blue", "tab:orange")):
+        key = f"fsc_{name}"
+        if key not in resolution:
+            continue
+        ax.plot(frequency, np.asarray(resolution[key], dtype=np.float64), color=colour, marker=".", label=name)
+        crossing = float(resolution.get(f"crossing_{name}", np.nan))
+        if np.isfinite(crossing) and crossing > 0:
+            level = float(np.interp(crossing, frequency, threshold))
+            bound = "<= " if resolution.get(f"crossing_{name}_found") == "nyquist" else ""
+            label = f"{name}: {bound}{voxel_nm / (2 * crossing):.3g} nm ({1 / (2 * crossing):.3g} voxels)"
+            ax.axvline(crossing, color=colour, linestyle=":", linewidth=1)
+            ax.plot([crossing], [level], marker="o", markersize=7, markerfacecolor="none", color=colour)
+            ax.annotate(label, (crossing, level), xytext=(6, 10 if name == "delta" else -16),
+                        textcoords="offset points", fontsize=8, color=colour)
+    curves = [np.asarray(resolution[k], dtype=np.float64) for k in ("fsc_delta", "fsc_beta") if k in resolution]
+    lowest = min([-0.2] + [float(c[np.isfinite(c)].min()) for c in curves if np.isfinite(c).any()])
+    ax.set_xlim(0, max(0.5, float(frequency[-1])))
+    ax.set_ylim(lowest - 0.02, 1.05)
+    ax.set_xlabel("spatial frequency (cycles per voxel; 0.5 = Nyquist, a 1-voxel half-period)")
+    ax.set_ylabel("Fourier shell correlation")
+    top = ax.secondary_xaxis("top", functions=(lambda f: f / voxel_nm, lambda q: q * voxel_nm))
+    top.set_xlabel("spatial frequency (1/nm); resolution = half-period = 1 / (2 f)", fontsize=8)
+    top.tick_params(labelsize=7)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title(title or "resolution: FSC of two half-data reconstructions", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def write_fsc_figure(recon: Reconstruction, out_dir, title: str = "") -> Path:
+    """``fsc.png`` of ``recon.resolution`` into ``out_dir`` (made when missing); its path."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PtytomoError(f"{out}: cannot create the report folder ({exc.strerror or exc})") from None
+    return _save_atomically(fsc_figure(recon.resolution, recon.geometry.voxel_size_m, title), out / FSC_NAME)
 
 
 def probe_figure(probe: np.ndarray, title: str = "") -> Figure:

@@ -617,8 +617,10 @@ def _frames_digest(data, a: int) -> bytes:
 
 
 # Options that do not change the iterates, so a run may resume with other values:
-# how long to run, where to write, the device and the angle batch (memory, not maths).
-NOT_IDENTITY = ("iterations", "tolerance", "device", "angle_batch", "checkpoint", "checkpoint_every", "resume")
+# how long to run, where to write, the device and the angle batch (memory, not maths), and the compound
+# whose densities the file reports.
+NOT_IDENTITY = ("iterations", "tolerance", "device", "angle_batch", "checkpoint", "checkpoint_every", "resume",
+                "compound")
 
 
 def run_identity(options, fingerprint: str) -> dict:

@@ -4,6 +4,8 @@
 - :mod:`.foreign`: one angle's scan from any foreign layout (``AngleScan``), units, HDF5 errors.
 - :mod:`.cxi`, :mod:`.nexus`, :mod:`.ptychodus`, :mod:`.mapping`: one foreign layout each.
 - :mod:`.series`: per-angle foreign inputs -> one FORMAT.md file, streamed (``ptytomo import``).
+- :mod:`.export`: a reconstruction's volume -> TIFF, OME-Zarr or .npy for viewers, streamed
+  (``ptytomo export``; imported on its own, it is not re-exported here).
 
 Everything the rest of the package and users need is re-exported here, so
 ``from ptytomo.io import read_data`` keeps working whatever module holds it.

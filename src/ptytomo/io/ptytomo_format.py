@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import secrets
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 import h5py
@@ -54,6 +54,9 @@ ANGLE_SHIFTS = "/reconstruction/angle_shifts"
 TRANSMISSION = "/reconstruction/transmission"
 RECONSTRUCTION = "/reconstruction"
 HISTORY = "/history"
+# Optional, beyond FORMAT.md (docs/resolution.md): the Fourier shell correlation of `ptytomo resolution`.
+RESOLUTION = "/resolution"
+RESOLUTION_CURVES = ("frequency", "fsc_delta", "fsc_beta", "threshold", "voxels_per_shell")
 
 REQUIRED_HISTORY = ("iteration", "cost", "time_s")
 
@@ -145,6 +148,25 @@ class PtychoTomoData:
             return np.ones((self.n_angles, self.n_positions), dtype=bool)
         return np.asarray(self.valid, dtype=bool)
 
+    def angle_subset(self, rows: slice) -> PtychoTomoData:
+        """The angles ``rows`` (a slice, any positive step) with everything that is per angle: frames (left
+        in the file when streamed), positions, angles, valid flags and the per-angle truths of
+        docs/simulation.md; the probe, mask, geometry, volume and probe truths are shared, not copied."""
+        start, stop, step = rows.indices(self.n_angles)
+        if step < 1 or len(range(start, stop, step)) == 0:
+            raise PtytomoError(f"angles {rows} select none of the {self.n_angles} angles (a positive step is needed)")
+        if isinstance(self.intensities, LazyIntensities):
+            frames = self.intensities.subset(slice(start, stop, step))
+        else:
+            frames = self.intensities[start:stop:step]
+
+        def part(values):
+            return None if values is None else np.asarray(values)[start:stop:step]
+
+        return replace(self, intensities=frames, positions=part(self.positions), angles=part(self.angles),
+                       valid=part(self.valid), truth_positions=part(self.truth_positions),
+                       truth_angle_shifts=part(self.truth_angle_shifts), truth_angle_scale=part(self.truth_angle_scale))
+
 
 @dataclass
 class Reconstruction:
@@ -160,6 +182,9 @@ class Reconstruction:
     positions: np.ndarray | None = None  # float64 (A, J, 2) refined window corners (r, c), pixels
     angle_shifts: np.ndarray | None = None  # float64 (A, 2) offset added to every position of angle a
     transmission: np.ndarray | None = None  # complex64 (A, Nz, Nu) per-angle transmissions (--method ptycho)
+    # Optional, beyond FORMAT.md (docs/resolution.md): /resolution of `ptytomo resolution`; arrays (float64 (S,),
+    # RESOLUTION_CURVES at least) are its datasets, scalars and strings its attributes (the crossings)
+    resolution: dict | None = None
 
 
 # --------------------------------------------------------------------------
@@ -339,17 +364,18 @@ class LazyIntensities:
     start: int
     stop: int
     frame_shape: tuple[int, int, int]  # (J, M, M)
-    valid: np.ndarray | None = None  # bool (stop - start, J)
+    valid: np.ndarray | None = None  # bool (len(self), J)
+    step: int = 1  # every step-th angle of [start, stop): one half of `ptytomo resolution --split angles`
 
     dtype = np.dtype(np.float32)
     ndim = 4
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
-        return (self.stop - self.start, *self.frame_shape)
+        return (len(self), *self.frame_shape)
 
     def __len__(self) -> int:
-        return self.stop - self.start
+        return len(range(self.start, self.stop, self.step))
 
     def __getitem__(self, rows: slice) -> np.ndarray:
         if not isinstance(rows, slice):
@@ -358,7 +384,15 @@ class LazyIntensities:
         if step != 1:
             raise TypeError("LazyIntensities reads contiguous angle batches only (step 1)")
         valid = None if self.valid is None else self.valid[start:stop]
-        return read_intensities(self.path, slice(self.start + start, self.start + stop), valid)
+        first = self.start + start * self.step
+        return read_intensities(self.path, slice(first, first + (stop - start) * self.step, self.step), valid)
+
+    def subset(self, rows: slice) -> LazyIntensities:
+        """Angles ``rows`` (counted from ``start``, any positive step), still in the file."""
+        start, stop, step = rows.indices(len(self))
+        valid = None if self.valid is None else self.valid[start:stop:step]
+        return replace(self, start=self.start + start * self.step, stop=self.start + stop * self.step,
+                       step=self.step * step, valid=valid)
 
 
 def intensities_shape(path) -> tuple[int, int, int, int]:
@@ -551,6 +585,12 @@ def write_reconstruction(path, recon: Reconstruction) -> None:
         for name, value, convert in _optional_reconstruction_fields(recon):
             if value is not None:
                 f.create_dataset(name, data=convert(value))
+        if recon.resolution is not None:
+            curves, attributes = _resolution_parts(recon.resolution)
+            group = f.create_group(RESOLUTION, track_order=True)
+            for name, curve in curves.items():
+                group.create_dataset(name, data=_to_float64(curve))
+            group.attrs.update(_encode_attrs(attributes, source, RESOLUTION))
         history = f.create_group(HISTORY, track_order=True)
         for name, column in recon.history.items():
             history.create_dataset(name, data=np.asarray(column, dtype=np.float64))
@@ -585,14 +625,96 @@ def read_reconstruction(path) -> Reconstruction:
             if f.get(name) is not None:
                 kinds = _COMPLEX_KINDS if convert is _to_complex64 else _REAL_KINDS
                 optional[name.rsplit("/", 1)[1]] = convert(_read_array(f, source, name, kinds))
+        if f.get(RESOLUTION) is not None:
+            optional["resolution"] = _read_resolution(f, source)
     recon = Reconstruction(volume=volume, method=method, parameters=parameters, history=history, geometry=geometry,
                            **optional)
     validate_reconstruction(recon, source)
     return recon
 
 
+@contextmanager
+def open_reconstruction_volume(path) -> Iterator[tuple[h5py.Dataset, Geometry]]:
+    """A reconstruction file's ``/reconstruction/volume``, left in the file, and its geometry.
+
+    For readers of volumes larger than memory (``ptytomo export``): index the
+    dataset slab by slab, with :func:`read_volume_slab` for one-line errors.
+    The header, the geometry and the volume's dtype and shape are checked as
+    :func:`read_reconstruction` checks them.
+    """
+    source = os.fspath(path)
+    with _open_for_reading(source) as f:
+        _check_header(f, source, RECONSTRUCTION_FORMAT)
+        geometry = _read_geometry(f, source)
+        dataset = _dataset(f, source, VOLUME)
+        _check_kind(source, VOLUME, dataset.dtype, _COMPLEX_KINDS)
+        if tuple(dataset.shape) != tuple(geometry.volume_shape):
+            raise _error(source, f"{VOLUME} has shape {tuple(dataset.shape)}, expected volume_shape = "
+                                 f"{tuple(geometry.volume_shape)}")
+        yield dataset, geometry
+
+
+def read_volume_slab(dataset: h5py.Dataset, planes: slice, source: str = "reconstruction") -> np.ndarray:
+    """Planes ``planes`` (along z) of a volume from :func:`open_reconstruction_volume`, as complex64."""
+    try:
+        return _to_complex64(dataset[planes])
+    except OSError as exc:
+        raise _error(source, f"cannot read {VOLUME} ({exc}){_FILTER_HINT}") from None
+
+
 def _to_float64(array) -> np.ndarray:
     return _to_real(array, np.float64)
+
+
+def _read_resolution(f: h5py.File, source: str) -> dict:
+    """``/resolution``: its datasets as float64 arrays, then its attributes as Python values."""
+    group = f[RESOLUTION]
+    if not isinstance(group, h5py.Group):
+        raise _error(source, f"{RESOLUTION} is a dataset, expected a group")
+    found = {}
+    for name, member in group.items():
+        if isinstance(member, h5py.Dataset):
+            found[name] = _to_float64(_read_array(f, source, f"{RESOLUTION}/{name}", _REAL_KINDS))
+    for name in group.attrs:
+        found[name] = _decode_attr(_get_attr(group, source, RESOLUTION, name))
+    return found
+
+
+def _resolution_parts(resolution: dict) -> tuple[dict, dict]:
+    """``Reconstruction.resolution`` split into curves (arrays: datasets) and attributes (scalars, strings)."""
+    curves = {k: v for k, v in resolution.items() if isinstance(v, (np.ndarray, list, tuple)) and np.ndim(v) >= 1}
+    return curves, {k: v for k, v in resolution.items() if k not in curves}
+
+
+def _check_resolution(source: str, resolution) -> None:
+    """``/resolution`` (docs/resolution.md): the curves of RESOLUTION_CURVES, 1D of one length S >= 2, and
+    attributes HDF5 can store.  The FSC curves may hold NaN (a diverged half); the others may not."""
+    if not isinstance(resolution, dict):
+        raise _error(source, f"{RESOLUTION} must be a dict of curves and attributes, got {type(resolution).__name__}")
+    curves, attributes = _resolution_parts(resolution)
+    for name in RESOLUTION_CURVES:
+        if name not in curves:
+            raise _error(source, f"missing dataset {RESOLUTION}/{name}")
+    length = None
+    for name, curve in curves.items():
+        if not isinstance(name, str) or not name or "/" in name or name == ".":
+            raise _error(source, f"{RESOLUTION} curve name {name!r} is not a valid HDF5 name")
+        label = f"{RESOLUTION}/{name}"
+        curve = _to_float64(_as_array(source, label, curve, _REAL_KINDS))
+        if curve.ndim != 1 or curve.shape[0] < 2:
+            raise _error(source, f"{label} has shape {curve.shape}, expected (S,) with S >= 2 shells")
+        length = curve.shape[0] if length is None else length
+        if curve.shape[0] != length:
+            raise _error(source, f"{label} has length {curve.shape[0]}, expected S = {length} like the other curves")
+        if not name.startswith("fsc"):
+            _check_finite(source, label, curve)
+    frequency = _to_float64(curves["frequency"])
+    if np.any(np.diff(frequency) <= 0) or frequency[0] < 0 or frequency[-1] > 0.5 + 1e-9:
+        raise _error(source, f"{RESOLUTION}/frequency must rise from >= 0 to <= 0.5 cycles per voxel, got "
+                             f"{_describe(frequency)}")
+    if np.any(_to_float64(curves["voxels_per_shell"]) < 0):
+        raise _error(source, f"{RESOLUTION}/voxels_per_shell has negative counts")
+    _encode_attrs(attributes, source, RESOLUTION)
 
 
 def _optional_reconstruction_fields(recon: Reconstruction | None):
@@ -641,6 +763,8 @@ def validate_reconstruction(recon: Reconstruction, source: str = "reconstruction
         if transmission.ndim != 3 or transmission.shape[1:] != (nz, nx):
             raise _error(source, f"{TRANSMISSION} has shape {transmission.shape}, expected (A, Nz, Nu) "
                                  f"= (A, {nz}, {nx})")
+    if recon.resolution is not None:
+        _check_resolution(source, recon.resolution)
 
     if not isinstance(recon.history, dict):
         raise _error(source, f"{HISTORY} must be a dict of columns, got {type(recon.history).__name__}")

@@ -7,26 +7,36 @@ one sparse matrix ``(A * Nu, Ny * Nx)`` that acts on every z-slice at once
 (rotation about z leaves slices independent), and its transpose is stored too,
 so the adjoint is exact by construction and both directions are one sparse
 matrix product.  Geometry and sign conventions are those of FORMAT.md.
+
+The slab projectors of a multislice model split the same entries by the depth
+``t`` of their sample along the beam (``SlabProjector``): the slabs partition
+every ray, so their projections add up to R's and each keeps an exact adjoint.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
 import torch
 
+from ..errors import PtytomoError
+
 
 def joseph_matrix_entries(
-    angles: np.ndarray, slice_shape: tuple[int, int], n_detector: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    angles: np.ndarray, slice_shape: tuple[int, int], n_detector: int, with_depth: bool = False
+) -> tuple[np.ndarray, ...]:
     """(row, column, weight-in-voxels) of Joseph's projector for ``angles``.
 
     Row ``a * Nu + u`` is detector bin ``u`` at angle ``a``; column
-    ``y * Nx + x`` is voxel ``(y, x)`` of a slice.
+    ``y * Nx + x`` is voxel ``(y, x)`` of a slice.  ``with_depth`` appends a
+    fourth array: the depth ``t`` along the beam (voxel units, centred on the
+    rotation axis) of the sample each entry interpolates, which is what the
+    slab projectors split on.
     """
     ny, nx = slice_shape
-    rows_out, cols_out, weights_out = [], [], []
+    rows_out, cols_out, weights_out, depth_out = [], [], [], []
     s = np.arange(n_detector, dtype=np.float64) - (n_detector - 1) / 2
     for a, theta in enumerate(np.asarray(angles, dtype=np.float64)):
         cos, sin = np.cos(theta), np.sin(theta)
@@ -57,7 +67,10 @@ def joseph_matrix_entries(
             rows_out.append(detector_row[keep])
             cols_out.append(column)
             weights_out.append(w[keep] * weight)
-    return np.concatenate(rows_out), np.concatenate(cols_out), np.concatenate(weights_out)
+            if with_depth:
+                depth_out.append(t[keep])
+    entries = (np.concatenate(rows_out), np.concatenate(cols_out), np.concatenate(weights_out))
+    return (*entries, np.concatenate(depth_out)) if with_depth else entries
 
 
 def _csr(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, shape, dtype, device) -> torch.Tensor:
@@ -126,3 +139,101 @@ class ParallelProjector:
         columns, is_complex = self._columns(projections.movedim(1, 0), self.n_angles * nx)
         out = self.matrix_t @ columns  # (Ny*Nx, Nz*parts)
         return self._from_columns(out, (nz, ny, nx), is_complex)
+
+
+# -- slab projectors (multislice) ----------------------------------------------
+
+
+def slab_edges(volume_shape: tuple[int, int, int], n_slices: int) -> np.ndarray:
+    """``n_slices + 1`` equally spaced depths (voxel units, along the beam, centred on the rotation
+    axis) whose slabs hold every sample of Joseph's projector at every angle.
+
+    A sample with a nonzero weight lies less than one voxel beyond the outer voxels' centres, so
+    ``|X| < (Nx + 1) / 2``, ``|Y| < (Ny + 1) / 2`` and ``|t|`` stays strictly below
+    ``hypot((Nx + 1) / 2, (Ny + 1) / 2)``, the outer edges (about half the slice's diagonal).  One set of edges serves
+    every angle, so the propagation distances between slabs are the same at all angles.
+    """
+    try:
+        n = int(n_slices)
+    except (TypeError, ValueError):
+        raise PtytomoError(f"n_slices must be a positive integer, got {n_slices!r}") from None
+    if n < 1 or n != n_slices:
+        raise PtytomoError(f"n_slices must be a positive integer, got {n_slices!r}")
+    _, ny, nx = (int(v) for v in volume_shape)
+    reach = math.hypot((nx + 1) / 2, (ny + 1) / 2)
+    return np.linspace(-reach, reach, n + 1)
+
+
+def slab_centres(edges: np.ndarray) -> np.ndarray:
+    """Mid-depths of the slabs between ``edges`` (same units)."""
+    edges = np.asarray(edges, dtype=np.float64)
+    return 0.5 * (edges[1:] + edges[:-1])
+
+
+class SlabProjector:
+    """R_s, s = 0 .. S-1: volume (Nz, Ny, Nx) -> slab projections (S, A, Nz, Nu) in metres.
+
+    Slab ``s`` keeps the entries of Joseph's projector whose sample depth ``t`` (voxel units, beam
+    along ``+t``, rotation axis at ``t = 0``) satisfies ``edges[s] <= t < edges[s+1]``, so every
+    sample belongs to at most one slab (to exactly one if the edges span it, as
+    :func:`slab_edges`' do) and the slabs' projections sum to :class:`ParallelProjector`'s.
+    Slab 0 is the first the beam meets.
+
+    All slabs live in one sparse matrix ``(S * A * Nu, Ny * Nx)``, row ``(s * A + a) * Nu + u``,
+    and its transpose: the entries are those of the full projector with the slab index added to
+    their row, so the matrices take the memory of one ParallelProjector (only the row pointers grow
+    with S), one product gives every slab, and the adjoint (the transpose, stored) sums the slabs'
+    back-projections in one product too.  With one slab spanning everything the matrix is
+    ParallelProjector's, entry for entry.
+    """
+
+    def __init__(
+        self,
+        volume_shape: tuple[int, int, int],
+        angles,
+        edges,
+        voxel_size_m: float = 1.0,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        self.volume_shape = tuple(int(n) for n in volume_shape)
+        nz, ny, nx = self.volume_shape
+        self.edges = np.asarray(edges, dtype=np.float64)
+        if self.edges.ndim != 1 or len(self.edges) < 2 or not np.all(np.isfinite(self.edges)):
+            raise PtytomoError("edges must be at least two finite depths (voxel units)")
+        if np.any(np.diff(self.edges) <= 0):
+            raise PtytomoError("edges must increase strictly")
+        self.n_slabs = len(self.edges) - 1
+        self.voxel_size_m = float(voxel_size_m)
+        self.thickness_m = np.diff(self.edges) * self.voxel_size_m
+        self.centres_m = slab_centres(self.edges) * self.voxel_size_m
+        self.angles = np.atleast_1d(np.asarray(angles, dtype=np.float64))
+        self.n_angles = len(self.angles)
+        self.n_detector = nx
+        self.projection_shape = (self.n_slabs, self.n_angles, nz, nx)
+        rows, cols, weights, depth = joseph_matrix_entries(self.angles, (ny, nx), nx, with_depth=True)
+        # side="right": a sample exactly on an edge belongs to the slab that edge opens.
+        slab = np.searchsorted(self.edges, depth, side="right") - 1
+        inside = (slab >= 0) & (slab < self.n_slabs)
+        if not np.all(inside):
+            rows, cols, weights, slab = rows[inside], cols[inside], weights[inside], slab[inside]
+        n_rays = self.n_angles * nx
+        rows = slab * n_rays + rows
+        weights = weights * voxel_size_m
+        shape = (self.n_slabs * n_rays, ny * nx)
+        self.matrix = _csr(rows, cols, weights, shape, dtype, device)
+        self.matrix_t = _csr(cols, rows, weights, shape[::-1], dtype, device)
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        nz, ny, nx = self.volume_shape
+        columns, is_complex = ParallelProjector._columns(volume, ny * nx)
+        out = self.matrix @ columns  # (S*A*Nu, Nz*parts)
+        proj = ParallelProjector._from_columns(out, (nz, self.n_slabs * self.n_angles, nx), is_complex)
+        return proj.movedim(0, 1).reshape(self.projection_shape)
+
+    def adjoint(self, projections: torch.Tensor) -> torch.Tensor:
+        nz, ny, nx = self.volume_shape
+        flat = projections.reshape(self.n_slabs * self.n_angles, nz, nx)
+        columns, is_complex = ParallelProjector._columns(flat.movedim(1, 0), self.n_slabs * self.n_angles * nx)
+        out = self.matrix_t @ columns  # (Ny*Nx, Nz*parts)
+        return ParallelProjector._from_columns(out, (nz, ny, nx), is_complex)
