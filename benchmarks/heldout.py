@@ -1,4 +1,4 @@
-"""--tv auto (the default) against the old fixed TV weights, for each method (one table).
+"""--tv auto (the default) against the fixed TV weights, for each method (one table).
 
 Small oversampled data sets (``--oversample 2``: no inverse crime): 2 probes (7 px disc, focused
 band-limited probe with pupil 0.5) x scan steps x 2 doses.  For each, every method runs with the fixed

@@ -1,12 +1,12 @@
-"""A weak phase object behind a nominal probe at wrong positions: the defaults before and after (one table).
+"""A weak phase object behind a nominal probe at wrong positions: the defaults and single changes (one table).
 
-Issue 10's file from another simulator, as near as ptytomo's simulator comes: 32^3 SiO2 ellipsoids
+A file as another simulator makes one, as near as ptytomo's simulator comes: 32^3 SiO2 ellipsoids
 (10 nm voxels, 8 keV: at most 0.04 rad of phase a projection), 90 angles over 360 degrees, a 31 px
 detector, a focused beam (band-limited pupil with defocus) that the file's /probe gives as a nominal
 12 px flat disc, a Fermat spiral of mean step 4 px, 0.5 px rms position errors the file does not hold,
 Poisson counts at 1e6 photons a frame, simulated on a 2x finer grid.  Each row is one `reconstruct`:
-the defaults, the session-7 defaults (amplitude cost, the file's probe, no position prior), single
-changes between them, and the exact probe and positions as the reference.  Relative RMSE delta / beta,
+the defaults, the amplitude cost with the file's probe and no position prior, single changes between
+them, and the exact probe and positions as the reference.  Relative RMSE delta / beta,
 misfit / noise, window errors (rms per coordinate, each angle's mean removed), the refined probe's
 overlap with the true one, and seconds.
 
@@ -27,8 +27,8 @@ from ptytomo.reconstruct import ReconstructOptions, reconstruct
 
 RUNS = {
     "defaults": {},
-    "session 7 defaults (amplitude, file probe, no prior)": dict(loss="amplitude", probe_init="file",
-                                                                position_prior=0.0),
+    "--loss amplitude --probe-init file --position-prior 0": dict(loss="amplitude", probe_init="file",
+                                                                 position_prior=0.0),
     "defaults, --loss amplitude": dict(loss="amplitude"),
     "defaults, --probe-init file": dict(probe_init="file"),
     "exact probe and positions, --refine none": dict(refine="none"),

@@ -237,8 +237,8 @@ def test_the_joint_loop_finishes_after_twenty_pixels_of_runout(small_object):
     recon = reconstruct(data, ReconstructOptions(**common, refine="shifts", max_shift=25), progress=False)
     errors = [r.parameters["relative_rmse_delta"] for r in (aligned, recon)]
     # Measured: shifts 0.007 px rms (worst angle 0.021 px), delta 0.342 against the aligned data's 0.341.
-    # Before the cost was normalised again after the coarse step, the normalisation saw the recorded
-    # windows (up to 20 px off the object), which weakened the TV weights' meaning: delta 0.231 here.
+    # Without normalising the cost again after the coarse step, the normalisation sees the recorded
+    # windows (up to 20 px off the object), which weakens the TV weights' meaning: delta 0.231 here.
     assert rms(recon.angle_shifts - shifts) < 0.2
     assert abs(errors[1] - errors[0]) < 0.1 * errors[0]
 
@@ -315,8 +315,9 @@ def test_coarse_alignment_finds_runout_behind_a_wrong_probe():
     a sample that fills the volume: the coarse step refines the probe with the free space around the
     volume pinned, then releases the free space with the probe frozen.  Refined with the free space
     released throughout, the probe gave projections no quick volume explained, and the shifts were
-    refused (measured here: 2.22 px of error, the whole runout; now 0.25 px.  On 24^3, 45 angles, a
-    Fermat scan, 0.5 px position errors and 1e6 photons: 1.83 px after the whole joint run, now 0.127)."""
+    refused (measured here: 2.22 px of error, the whole runout, against 0.25 px with the free space
+    pinned first.  On 24^3, 45 angles, a Fermat scan, 0.5 px position errors and 1e6 photons: 1.83 px
+    after the whole joint run, against 0.127)."""
     data = simulate(SimulationConfig(size=20, n_angles=30, detector_size=19, probe_diameter=9, step=4, oversample=2,
                                      voxel_size_m=40e-9, probe="focused", file_probe="nominal", runout=3,
                                      device="cpu"), progress=False)

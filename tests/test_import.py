@@ -468,7 +468,7 @@ def test_missing_compression_filter_is_named(tmp_path, original):
 
 
 # --------------------------------------------------------------------------
-# Fuzzing (issue 13): every damaged input ends in one PtytomoError line, never a traceback or a hang
+# Fuzzing: every damaged input ends in one PtytomoError line, never a traceback or a hang
 # --------------------------------------------------------------------------
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -635,7 +635,7 @@ def test_probe_modes_are_kept(tmp_path, original):
 
 
 def test_import_that_cannot_fit_is_refused_before_reading_frames(tmp_path, original, capsys, monkeypatch):
-    """The memory plan (issue 13) runs before any frame is read: one line, exit 2, no output."""
+    """The memory plan runs before any frame is read: one line, exit 2, no output."""
     import ptytomo.resources as resources
 
     inputs = write_cxi(str(tmp_path), original, nexus=True)

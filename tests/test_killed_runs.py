@@ -32,8 +32,8 @@ ITERATIONS = 10
 RUN = ["--precision", "float64", "--device", "cpu", "--tolerance", "0", "--quiet", "--checkpoint-every", "1"]
 ONCE = RUN[:-2]  # without --checkpoint-every, for runs that write no checkpoint
 PAUSE_S = 0.05  # per checkpoint write, in the killed runs only
-# the run whose kill must land mid-write pauses longer: on a loaded machine a 50 ms window once closed
-# between seeing the temporary file and the SIGKILL arriving (CI, session 8)
+# the run whose kill must land mid-write pauses longer: on a loaded CI machine a 50 ms window can close
+# between seeing the temporary file and the SIGKILL arriving
 MID_WRITE_PAUSE_S = 1.0
 
 

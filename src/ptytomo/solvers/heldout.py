@@ -32,7 +32,7 @@ frames from the chosen point.  No truth is used.
 the path with its own steps: the joint optimiser, ADMM's steps
 (``new_stepper``), or Sequential's tomography after a ptychography of the
 training frames (``sequential``).  With the probe or positions refined,
-``reconstruct.calibrate_for_heldout`` refines them first.
+``Method.calibrate_for_heldout`` (solvers/methods.py) refines them first.
 """
 
 from __future__ import annotations
