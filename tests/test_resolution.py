@@ -219,9 +219,11 @@ OPTIONS = dict(iterations=30, refine="none", tv="fixed", tv_delta=1e-4, tv_beta=
                precision="float64", device="cpu", tolerance=0)
 
 
-@pytest.fixture(scope="module")
-def band_limited_phantom(tmp_path_factory):
-    """delta and beta: independent white noise band-limited at BAND_LIMIT (a raised cosine from 0.8 of it),
+FINER_BAND_LIMIT = 0.3  # cycles per voxel: a half-period of 1.67 voxels
+
+
+def band_limited_phantom(path, band_limit: float):
+    """delta and beta: independent white noise band-limited at ``band_limit`` (a raised cosine from 0.8 of it),
     inside a soft ball of a fifth of the box (and band-limited again), in a 24^3 box: a .npy file."""
     rng = np.random.default_rng(5)
     centred = np.arange(N) - (N - 1) / 2
@@ -229,25 +231,29 @@ def band_limited_phantom(tmp_path_factory):
     support = np.exp(-0.5 * (np.maximum(radius - 0.2 * N, 0) / (0.06 * N)) ** 2)
     parts = []
     for _ in range(2):
-        part = low_passed(low_passed(rng.standard_normal((N, N, N)), BAND_LIMIT, 0.2) * support, BAND_LIMIT, 0.2)
+        part = low_passed(low_passed(rng.standard_normal((N, N, N)), band_limit, 0.2) * support, band_limit, 0.2)
         parts.append(part / part.std())
-    path = tmp_path_factory.mktemp("phantom") / "band_limited.npy"
     np.save(path, (1e-5 * parts[0] + 1e-6j * parts[1]).astype(np.complex128))
     return path
 
 
 @pytest.fixture(scope="module")
-def estimates(band_limited_phantom):
-    """estimate_resolution of the phantom at each dose of PHOTONS (Poisson noise), split by angles."""
+def estimates(tmp_path_factory):
+    """estimate_resolution (split by angles) of the phantom band-limited at BAND_LIMIT at each dose of
+    PHOTONS (Poisson noise), keyed by the dose, and of one band-limited at FINER_BAND_LIMIT at the higher
+    dose, keyed by that band limit."""
+    folder = tmp_path_factory.mktemp("phantom")
     found = {}
-    for photons in PHOTONS:
-        config = SimulationConfig(phantom=str(band_limited_phantom), size=N, n_angles=36, detector_size=15,
+    runs = [(BAND_LIMIT, photons, photons) for photons in PHOTONS] + [(FINER_BAND_LIMIT, PHOTONS[0], FINER_BAND_LIMIT)]
+    for band_limit, photons, key in runs:
+        phantom = band_limited_phantom(folder / f"band_limited_{band_limit}.npy", band_limit)
+        config = SimulationConfig(phantom=str(phantom), size=N, n_angles=36, detector_size=15,
                                   probe_diameter=7.0, step=3, photons=photons, noise="poisson", device="cpu",
                                   precision="float64")
         data = simulate(config, progress=False)
         logging.disable(logging.WARNING)  # the low dose's misfit and beta warnings, once per half
         try:
-            found[photons] = estimate_resolution(data, ReconstructOptions(**OPTIONS), "angles", progress=False)
+            found[key] = estimate_resolution(data, ReconstructOptions(**OPTIONS), "angles", progress=False)
         finally:
             logging.disable(logging.NOTSET)
     return found
@@ -279,6 +285,15 @@ def test_more_photons_give_a_finer_resolution(estimates):
     high, low = (estimates[photons].parameters for photons in PHOTONS)
     for name in ("delta", "beta"):
         assert low[f"resolution_{name}_voxels"] > 1.3 * high[f"resolution_{name}_voxels"], name
+
+
+def test_a_finer_band_limit_gives_a_finer_resolution(estimates):
+    """The same phantom band-limited at 0.3 cycles per voxel instead of 0.2: the estimate follows the band
+    limit down, to its half-period of 1.67 voxels within 20 %."""
+    coarse, fine = estimates[PHOTONS[0]].parameters, estimates[FINER_BAND_LIMIT].parameters
+    for name in ("delta", "beta"):
+        assert fine[f"resolution_{name}_voxels"] < 0.8 * coarse[f"resolution_{name}_voxels"], name
+        assert fine[f"resolution_{name}_voxels"] == pytest.approx(half_period(FINER_BAND_LIMIT), rel=0.2), name
 
 
 def test_each_half_has_its_own_checkpoint_and_resumes_from_it_where_it_exists(tmp_path):
