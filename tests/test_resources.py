@@ -96,7 +96,9 @@ def test_info_on_a_file_declaring_huge_frames_ends_in_one_line(data_file, tmp_pa
 
 def test_metadata_shapes_read_without_frames(huge_volume_file, data_file):
     shapes = reconstruction_shapes(huge_volume_file)
-    assert shapes == ReconstructionShapes(4, 16, 15, (4096, 4096, 4096), 1, False)
+    with h5py.File(huge_volume_file, "r") as f:  # the geometry travels too: the plan resolves --propagation auto
+        voxel, energy = float(f["/geometry"].attrs["voxel_size_m"]), float(f["/geometry"].attrs["energy_kev"])
+    assert shapes == ReconstructionShapes(4, 16, 15, (4096, 4096, 4096), 1, False, voxel, energy)
     assert reconstruction_shapes(data_file).has_truth
     floats = huge_volume_file.with_name("floats.h5")
     shutil.copy(huge_volume_file, floats)

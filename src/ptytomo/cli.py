@@ -54,6 +54,11 @@ def _add_simulate(sub) -> None:
     p.add_argument("--material", default=d.material, metavar="FORMULA:DENSITY",
                    help="the phantom's delta map as density fractions of one compound, e.g. SiO2:2.2 (a weak phase object)")
     p.add_argument("--oversample", type=_positive_int, default=d.oversample, help="simulate on an S-times finer grid (no inverse crime)")
+    p.add_argument("--propagation", default=d.propagation,
+                   help="projection, multislice, or auto: multislice where the volume is thicker than the depth of "
+                        "field (default %(default)s)")
+    p.add_argument("--slices", type=int, default=d.slices, metavar="N",
+                   help="multislice slabs on the simulation's grid (0: one per fine voxel across the beam)")
     # Imperfect data (docs/simulation.md); values are checked by SimulationConfig.check(), one line each.
     p.add_argument("--probe", default=d.probe, help="disc, or focused: a band-limited pupil with defocus (default %(default)s)")
     p.add_argument("--pupil", type=float, default=d.pupil, help="focused: pupil diameter, fraction of the detector (default %(default)s)")
@@ -83,6 +88,7 @@ def run_simulate(args) -> int:
         probe_file=args.probe_file, step=args.step, shift=args.shift, shift_axes=args.shift_axes,
         photons=args.photons, noise=args.noise, seed=args.seed, ellipsoids=args.ellipsoids, material=args.material,
         oversample=args.oversample, device=args.device, precision=args.precision,
+        propagation=args.propagation, slices=args.slices,
         probe=args.probe, pupil=args.pupil, defocus=args.defocus, probe_modes=args.probe_modes,
         mode_power_ratio=args.mode_power_ratio, file_probe=args.file_probe, position_errors=args.position_errors,
         scan=args.scan, runout=args.runout, angle_intensity_jitter=args.i0_jitter,
@@ -133,9 +139,27 @@ def describe(data) -> str:
     ]
     if sim:
         lines.append("simulation    " + ", ".join(f"{k}={sim[k]}" for k in ("phantom", "noise", "oversample") if k in sim))
+    lines.extend(thickness_lines(g))
     lines.extend(probe_power_note(data.probe_modes, per_frame))
     lines.extend(probe_shape_note(data))
     return "\n".join(lines)
+
+
+def thickness_lines(geometry) -> list[str]:
+    """The volume's thickness in depths of field, and a warning where the projection approximation does not
+    hold (``--propagation auto`` then takes the multislice model)."""
+    from .diagnostics import choose_propagation
+
+    found = choose_propagation(geometry, "auto", 0, joint=True)
+    _, ny, nx = geometry.volume_shape
+    lines = [f"thickness     {max(ny, nx)} voxels = {max(ny, nx) * geometry.voxel_size_m * 1e9:.4g} nm = "
+             f"{found.depths_of_field:.3g} depths of field (5.2 dx^2/lambda = {found.depth_of_field_m * 1e9:.4g} nm)"
+             + ("" if found.model == "multislice" else ": the projection approximation holds")]
+    if found.model == "multislice":
+        lines.append(f"warning       thicker than the depth of field: the projection approximation does not hold; "
+                     f"reconstruct --propagation auto takes the multislice model with {found.slices} slices (the "
+                     "joint method; Sequential and ADMM stay projection-based)")
+    return lines
 
 
 def probe_shape_note(data) -> list[str]:
@@ -344,6 +368,13 @@ def add_reconstruct_options(p) -> None:
     p.add_argument("--coarse-align", default=d.coarse_align, choices=("on", "off"),
                    help="--refine shifts: projection matching before the loop or the baseline's tomography "
                         "(default %(default)s)")
+    p.add_argument("--propagation", default=d.propagation,
+                   help="projection (one plane), multislice (the beam crosses the volume slab by slab; joint method "
+                        "only), or auto: multislice where the volume is thicker than the depth of field 5.2 dx^2/lambda "
+                        "(default %(default)s; ptytomo info says which)")
+    p.add_argument("--slices", type=int, default=d.slices, metavar="N",
+                   help="multislice slabs along the beam (0: auto, each at most one depth of field thick; N > 0 asks "
+                        "for multislice)")
     p.add_argument("--compound", default="", metavar="FORMULA",
                    help="the sample's chemical formula (e.g. SiO2): the file then also records its mass density "
                         "from delta and from beta (docs/export.md); electron density is recorded always")
@@ -380,6 +411,16 @@ def summary_line(recon) -> str:
     return text
 
 
+def planned(options, shapes):
+    """``options`` with the propagation a reconstruction of data of ``shapes`` will take (the plan counts its
+    slabs); as they are when the file's geometry is unknown."""
+    from .io import Geometry
+
+    if not (shapes.voxel_size_m and shapes.energy_kev):
+        return options
+    return options.with_propagation(Geometry(shapes.energy_kev, shapes.voxel_size_m, shapes.volume_shape))
+
+
 def plan_reconstruction_run(args, options, comm) -> None:
     """Refuse in one line a reconstruction whose memory or disk needs exceed what is here."""
     from .resources import check_disks, reconstruction_disk_needs, reconstruction_shapes, require_reconstruction_fits
@@ -387,6 +428,7 @@ def plan_reconstruction_run(args, options, comm) -> None:
     shapes = reconstruction_shapes(args.data)
     if shapes is None:  # unreadable metadata: read_data names the bad field
         return
+    options = planned(options, shapes)
     require_reconstruction_fits(shapes, options, comm.size, args.stream, comm.device if comm.size > 1 else None)
     if comm.is_main:  # only rank 0 writes
         check_disks(reconstruction_disk_needs(shapes, options, args.output))
@@ -457,7 +499,7 @@ def run_resolution(args) -> int:
     if shapes is not None:
         # Both halves share the data's frames and run one after the other: the peak is (at most) one
         # reconstruction of all the data, and each half keeps its own checkpoint.
-        require_reconstruction_fits(shapes, options, 1, args.stream)
+        require_reconstruction_fits(shapes, planned(options, shapes), 1, args.stream)
         needs = reconstruction_disk_needs(shapes, options, args.output)
         if "--checkpoint" in needs:
             path, size = needs["--checkpoint"]

@@ -11,12 +11,15 @@ probe, wrong positions, misaligned projections, or frames in the other sign conv
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from .distributed import SOLO, Comm
 from .io import PtychoTomoData
+from .operators.tomo import slab_edges
+from .physics import depth_of_field_m
 from .scan import linear_overlap, probe_diameter_estimate, probe_intensity, step_estimate
 from .stream import _angle_chunks, frame_sums, frames_are_counts
 
@@ -59,21 +62,80 @@ def fit_quality(misfit_counts: float, data, loss: str, comm: Comm = SOLO) -> tup
     return record, warning
 
 
+PROPAGATIONS = ("auto", "projection", "multislice")
+
+
+@dataclass
+class Propagation:
+    """The forward model's propagation through the sample (:func:`choose_propagation`)."""
+
+    model: str  # projection | multislice
+    slices: int  # slabs of the multislice model (1 for the projection model)
+    depths_of_field: float  # the volume's thickness across the beam over the depth of field
+    depth_of_field_m: float
+    note: str | None = None  # a warning: a thick sample under a projection-based method or model
+
+    def options(self) -> dict:
+        """The ReconstructOptions fields this resolves (``slices`` 0 for the projection model)."""
+        return dict(propagation=self.model, slices=self.slices if self.model == "multislice" else 0)
+
+
+def thickness_in_depths_of_field(geometry) -> tuple[float, float]:
+    """(the volume's thickness across the beam in depths of field, the depth of field in metres).
+
+    The thickness is the volume's width in the rotation plane, max(Ny, Nx) voxels: the most the beam can cross
+    at the angles where it is shortest (a sample that fills less of the box is thinner); the depth of field is
+    5.2 dx^2 / lambda at the voxel size (physics.depth_of_field_m)."""
+    _, ny, nx = geometry.volume_shape
+    depth = depth_of_field_m(geometry.voxel_size_m, geometry.energy_kev)
+    return max(ny, nx) * geometry.voxel_size_m / depth, depth
+
+
+def auto_slices(geometry) -> int:
+    """``--slices auto``: slabs no thicker than the depth of field over the slabs' span (which holds the
+    volume's diagonal, operators.tomo.slab_edges)."""
+    edges = slab_edges(geometry.volume_shape, 1)
+    span = float(edges[-1] - edges[0]) * geometry.voxel_size_m
+    return max(1, math.ceil(span / depth_of_field_m(geometry.voxel_size_m, geometry.energy_kev)))
+
+
+def choose_propagation(geometry, requested: str, slices: int, joint: bool) -> Propagation:
+    """``--propagation auto``: the multislice model (``--slices`` slabs, or :func:`auto_slices`) where the
+    volume is thicker than the depth of field, the projection approximation where it is not; only the joint
+    method has a volume inside its ptychography to propagate through, so the others stay projection-based
+    and say so on thick data."""
+    depths, depth = thickness_in_depths_of_field(geometry)
+    thick = depths > 1.0
+    model = requested if requested != "auto" else ("multislice" if (thick or slices > 0) and joint else "projection")
+    note = None
+    if thick and model == "projection":
+        note = (f"the volume is {depths:.3g} depths of field thick (5.2 dx^2/lambda = {depth * 1e9:.3g} nm): the "
+                "projection approximation does not hold" + ("; --propagation multislice models the propagation"
+                                                             if joint else "; only --method joint models the "
+                                                             "propagation through it (--propagation multislice)"))
+    count = (slices or auto_slices(geometry)) if model == "multislice" else 1
+    return Propagation(model=model, slices=count, depths_of_field=depths, depth_of_field_m=depth, note=note)
+
+
 @dataclass
 class Survey:
     """What a run needs to know of its data before it starts (:func:`survey`)."""
 
     counts: float  # median photons per frame, over all ranks
     loss: str  # the cost of the run (--loss auto resolved by choose_loss)
+    propagation: Propagation  # the forward model (--propagation auto resolved by choose_propagation)
     warnings: list[str]  # one line per way the data lie outside what the defaults handle well (assess)
 
 
-def survey(data: PtychoTomoData, loss: str, comm: Comm = SOLO) -> Survey:
+def survey(data: PtychoTomoData, options, comm: Comm = SOLO) -> Survey:
     """The first stage of a reconstruction: the frames' dose (one pass over them serves every use), the
-    cost ``loss`` names (``auto``: :func:`choose_loss`) and the warnings of :func:`assess`."""
+    cost ``options.loss`` names (``auto``: :func:`choose_loss`), the propagation model (:func:`choose_propagation`)
+    and the warnings of :func:`assess`."""
     counts = median_frame_counts(data, comm)
-    chosen = choose_loss(data, comm, counts) if loss == "auto" else loss
-    return Survey(counts=counts, loss=chosen, warnings=assess(data, counts, comm))
+    chosen = choose_loss(data, comm, counts) if options.loss == "auto" else options.loss
+    propagation = choose_propagation(data.geometry, options.propagation, options.slices, options.method == "joint")
+    warnings = assess(data, counts, comm) + ([propagation.note] if propagation.note else [])
+    return Survey(counts=counts, loss=chosen, propagation=propagation, warnings=warnings)
 
 
 REFERENCE_PHOTONS = 1e6

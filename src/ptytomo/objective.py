@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .device import resolve_device, resolve_precision
-from .diagnostics import choose_loss
+from .diagnostics import choose_loss, choose_propagation
 from .distributed import SOLO, Comm
 from .errors import PtytomoError
 from .operators import JointModel
@@ -204,11 +204,13 @@ class JointObjective:
         self.listeners: list = []
         self.last_point = None  # the unknown of the latest evaluation (whose residuals the listeners hold)
 
-    def residual(self, b: int, transmission: torch.Tensor) -> tuple[BatchResidual, torch.Tensor]:
+    def residual(self, b: int, transmission: torch.Tensor, operator=None) -> tuple[BatchResidual, torch.Tensor]:
         """Far fields, detector residual and its back-transform for batch ``b``; the cost goes to
-        the caller, the residual to every listening group (the one place data meet the model)."""
+        the caller, the residual to every listening group (the one place data meet the model).
+        ``operator``: the Q the transmission is for (default: the model's, multislice or not; the
+        per-angle ptychography passes the single-plane one)."""
         batch = self.model.batches[b]
-        q = self.model.ptychography(b)
+        q = self.model.forward_operator(b) if operator is None else operator
         fields = q.forward(transmission)
         measured, weight = self.amplitudes[batch], self.batch_weight(batch)
         cost, r = detector_residual(self.loss, fields, measured, weight)
@@ -253,10 +255,11 @@ class JointObjective:
             result, cost = self.residual(b, o)
             total += cost.to(torch.float64)
             if need_grad:
-                back = model.crop(o.conj() * result.ptychography.adjoint_of_back_waves(result.back))
+                back = model.crop(o.conj() * result.ptychography.transmission_gradient(o, result.back))
                 # d/du of 2 Re<r, Q(o * i R' du)> is -2i R'^T(conj(o) Q^H r): delta part
-                # Im, beta part -Re (METHOD.md eq. 5), with R' = R / voxel_size.
+                # Im, beta part -Re (METHOD.md eq. 5), with R' = R / voxel_size (per slab with multislice).
                 grad += model.projector(b).adjoint(-2j * back) / model.voxel_size_m
+            result.ptychography.release()
         self.evaluations += 1
         self.end_evaluation(u)
         total = self.reduce(total)
@@ -276,7 +279,7 @@ class JointObjective:
         x = u / self.scaling.to_u
         costs = []
         for b, batch in enumerate(model.batches):
-            fields = model.ptychography(b).forward(model.transmission(x, b))
+            fields = model.far_field(x, b)
             cost, _ = detector_residual(self.loss, fields, self.amplitudes[batch], self.batch_weight(batch),
                                         per_frame=True)
             costs.append(cost.to(torch.float64).cpu())
@@ -303,11 +306,12 @@ class JointObjective:
             for b in range(len(model.batches)):
                 # At u = 0 the transmission is 1, so J du = Q(i R' du).
                 projection = model.pad(model.projector(b).forward(v)) / model.voxel_size_m
-                field = model.ptychography(b).forward(1j * projection)
+                q = model.forward_operator(b)
+                field = q.linear_forward(1j * projection)
                 weight = with_mode_axis(self.batch_weight(model.batches[b]), field)
                 if weight is not None:
                     field = field * weight
-                back = model.crop(model.ptychography(b).adjoint(field))
+                back = model.crop(q.linear_adjoint(field))
                 out += model.projector(b).adjoint(-1j * back) / model.voxel_size_m
             return 2 * self.reduce(out)
 
@@ -323,10 +327,12 @@ def build_objective(data, options, comm: Comm = SOLO, probe: np.ndarray | None =
     g = data.geometry
     refined = options.refined()
     margin = options.window_margin(g.volume_shape)
+    propagation = choose_propagation(g, options.propagation, options.slices, options.method == "joint")
     model = JointModel(
         g.volume_shape, g.voxel_size_m, g.energy_kev, data.angles, data.positions,
         data.probe if probe is None else probe, valid=data.valid, angle_batch=options.angle_batch or None,
         device=device, dtype=real_dtype, margin=margin, pruned=False if refined else None,
+        propagation=propagation.model, slices=propagation.slices,
     )
     amplitudes = amplitudes_of(data, model.batches, device, real_dtype)  # None unless streamed
     if amplitudes is None:

@@ -7,11 +7,12 @@ file stores every one of them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from .errors import PtytomoError
 from .model import GROUPS
 from .model.probe_init import parse_probe_init
+from .diagnostics import PROPAGATIONS, choose_propagation
 from .objective import GAUSS_NEWTON_LOSSES, LOSSES
 from .physics import check_compound
 from .solvers import OPTIMIZERS
@@ -97,6 +98,11 @@ class ReconstructOptions:
     # and 10 % of the volume's width or height (measured series drift by tens of pixels)
     max_shift: float = 0.0
     coarse_align: str = "on"  # with --refine shifts: projection matching before the loop (solvers/alignment.py)
+    # the forward model's propagation through the sample: projection (one plane), multislice (slab by slab,
+    # the joint method only), or auto: multislice where the volume is thicker than the depth of field
+    # (diagnostics.choose_propagation)
+    propagation: str = "auto"
+    slices: int = 0  # multislice slabs; 0: auto (each at most one depth of field thick); N > 0 asks for multislice
     # a chemical formula (SiO2): the file records the compound's mass density from delta and from beta beside
     # the electron density (physics.physical_units); it changes nothing in the reconstruction
     compound: str = ""
@@ -176,6 +182,15 @@ class ReconstructOptions:
                                f"{' or '.join(GAUSS_NEWTON_LOSSES)}; use --refine none with --loss {self.loss}")
         if self.position_scale not in POSITION_SCALES:
             raise PtytomoError(f"--position-scale {self.position_scale!r}: choose one of {', '.join(POSITION_SCALES)}")
+        if self.propagation not in PROPAGATIONS:
+            raise PtytomoError(f"--propagation {self.propagation!r}: choose one of {', '.join(PROPAGATIONS)}")
+        if self.slices < 0:
+            raise PtytomoError(f"--slices must be >= 0 (0: auto), got {self.slices}")
+        if self.slices > 0 and self.propagation == "projection":
+            raise PtytomoError(f"--slices {self.slices} asks for multislice; --propagation projection has one plane")
+        if self.method != "joint" and (self.propagation == "multislice" or self.slices > 0):
+            raise PtytomoError(f"--propagation multislice is the joint method's: --method {self.method} is "
+                               "projection-based (its ptychography has no volume to propagate through)")
         if self.coarse_align not in ("on", "off"):
             raise PtytomoError(f"--coarse-align {self.coarse_align!r}: choose on or off")
         if not (math.isfinite(self.max_shift) and self.max_shift >= 0):
@@ -189,6 +204,12 @@ class ReconstructOptions:
             raise PtytomoError(f"--max-position-correction must be a number > 0, got {self.max_position_correction}")
         if not (math.isfinite(self.position_prior) and self.position_prior >= 0):
             raise PtytomoError(f"--position-prior must be a number of pixels >= 0 (0: none), got {self.position_prior}")
+
+    def with_propagation(self, geometry) -> "ReconstructOptions":
+        """These options with ``--propagation auto`` and ``--slices 0`` resolved for ``geometry``
+        (diagnostics.choose_propagation), as a reconstruction of data of that geometry resolves them."""
+        found = choose_propagation(geometry, self.propagation, self.slices, self.method == "joint")
+        return replace(self, **found.options())
 
     def has_tv(self) -> bool:
         """Whether the method has a TV prior (``--method ptycho`` and ``--tomography fbp`` have none)."""

@@ -52,12 +52,16 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
     """
     options = options or ReconstructOptions()
     options.check()
-    found = survey(data, options.loss, comm)
-    loss_requested = options.loss
-    if options.loss == "auto":  # the rest of the run (groups, path, checkpoints) sees the chosen cost
-        options = replace(options, loss=found.loss)
-        if comm.is_main:
+    found = survey(data, options, comm)
+    requested = dict(loss_requested=options.loss, propagation_requested=options.propagation,
+                     slices_requested=options.slices)
+    # the rest of the run (groups, path, checkpoints) sees the chosen cost and forward model
+    options = replace(options, loss=found.loss, **found.propagation.options())
+    if comm.is_main:
+        if requested["loss_requested"] == "auto":
             log.info("--loss auto: %s", options.loss)
+        log.info("propagation: %s (%d slices; the volume is %.3g depths of field thick)", options.propagation,
+                 found.propagation.slices, found.propagation.depths_of_field)
     for line in found.warnings if comm.is_main else []:
         log.warning(line)
 
@@ -91,8 +95,7 @@ def reconstruct(data: PtychoTomoData, options: ReconstructOptions | None = None,
     misfit = method.final_misfit(stepper, result)
     if hasattr(objective.amplitudes, "close"):  # a streamed data set: stop its read-ahead thread
         objective.amplitudes.close()
-    return summarise(method, stepper, result, misfit, weights, iterations, found.warnings, probe_notes,
-                     loss_requested)
+    return summarise(method, stepper, result, misfit, weights, iterations, found, probe_notes, requested)
 
 
 def start_probe(data: PtychoTomoData, options: ReconstructOptions, comm: Comm = SOLO):
@@ -109,11 +112,12 @@ def start_probe(data: PtychoTomoData, options: ReconstructOptions, comm: Comm = 
     return probe, notes
 
 
-def summarise(method, stepper, result, misfit: float, weights, iterations: int, warnings: list[str],
-              probe_notes: list[str], loss_requested: str) -> Reconstruction:
-    """The last stage: the volume, every option and every choice the run made, its fit (``misfit``: the
-    raw data misfit of the result) against photon noise, its history and the refined unknowns, as one
-    :class:`Reconstruction`."""
+def summarise(method, stepper, result, misfit: float, weights, iterations: int, found, probe_notes: list[str],
+              requested: dict) -> Reconstruction:
+    """The last stage: the volume, every option and every choice the run made (``found``: the survey's;
+    ``requested``: the options the choices replaced), its fit (``misfit``: the raw data misfit of the result)
+    against photon noise, its history and the refined unknowns, as one :class:`Reconstruction`."""
+    warnings = found.warnings
     objective, data, options, groups, comm = method.objective, method.data, method.options, method.groups, method.comm
     model = objective.model
     fit, fit_warning = fit_quality(misfit * objective.probe_max**2, data, options.loss, comm)
@@ -152,7 +156,8 @@ def summarise(method, stepper, result, misfit: float, weights, iterations: int, 
                 log.warning(bound)
         if bound:
             parameters["warnings"] = [w for w in parameters["warnings"] if w != "none"] + [bound]
-    parameters.update(loss_requested=loss_requested)
+    parameters.update(requested, depths_of_field=found.propagation.depths_of_field,
+                      depth_of_field_m=found.propagation.depth_of_field_m)
     parameters.update(probe_notes=probe_notes or ["none"], probe_modes_used=int(model.probe.shape[0]),
                       refined=",".join(g.name for g in groups) or "none")
     return Reconstruction(volume=volume, method=options.method, parameters=parameters, history=history,

@@ -198,6 +198,8 @@ class ReconstructionShapes:
     volume_shape: tuple[int, int, int]
     probe_modes: int = 1
     has_truth: bool = False
+    voxel_size_m: float = 0.0  # 0: unknown (then --propagation auto is planned as the projection model)
+    energy_kev: float = 0.0
 
 
 def _itemsizes(precision: str) -> tuple[int, int]:
@@ -218,9 +220,12 @@ def _projector_build_bytes(batch: int, volume_shape) -> int:
 
 
 def default_angle_batch(n_angles: int, n_positions: int, m: int, complex_bytes: int, device: torch.device,
-                        modes: int = 1) -> int:
-    """The angle batch :class:`~ptytomo.operators.JointModel` chooses when ``--angle-batch`` is 0."""
+                        modes: int = 1, slices: int = 0) -> int:
+    """The angle batch :class:`~ptytomo.operators.JointModel` chooses when ``--angle-batch`` is 0 (``slices``:
+    the multislice model's slabs, 0 for the projection model)."""
     per_angle = 3 * modes * n_positions * m * m * complex_bytes
+    if slices:  # the incident wave of every slab and the slabs' windows
+        per_angle += 2 * slices * modes * n_positions * m * m * complex_bytes
     return max(1, min(n_angles, default_batch_budget(device) // max(per_angle, 1)))
 
 
@@ -233,8 +238,16 @@ def effective_angle_batch(shapes: ReconstructionShapes, options, n_angles: int, 
     """``--angle-batch``, or the one the model chooses from its memory budget when it is 0."""
     _, cplx = _itemsizes(options.precision)
     chosen = options.angle_batch or default_angle_batch(n_angles, shapes.n_positions, shapes.detector_size, cplx,
-                                                       device, _modes(shapes, options))
+                                                       device, _modes(shapes, options), multislice_slabs(options))
     return min(n_angles, chosen)
+
+
+def multislice_slabs(options) -> int:
+    """The slabs of a multislice run, 0 for the projection model (``options`` resolved: an unresolved
+    ``--propagation auto`` with no ``--slices`` is planned as the projection model)."""
+    if options.propagation == "multislice" or (options.propagation == "auto" and options.slices > 0):
+        return max(options.slices, 1)
+    return 0
 
 
 def _refines_frames(options) -> bool:
@@ -274,12 +287,17 @@ def plan_reconstruction(shapes: ReconstructionShapes, options, ranks: int = 1, s
         frames_device = a * frame * real if device.type == "cuda" else 0
 
     frame_sets = FRAME_SETS_PER_BATCH + (1 if _refines_frames(options) else 0)
+    slabs = multislice_slabs(options)
     compute = {
         "volume state": voxels * cplx * (VOLUME_COPIES.get(options.optimizer, max(VOLUME_COPIES.values()))
                                          + (REDUCTION_VOLUMES if ranks > 1 else 0)),
         "per-angle state": a * plane * cplx * planes,
-        "projector": _projector_bytes(a, shapes.volume_shape, real),
+        # multislice: the slabs' projector has the entries of one projector; the whole projection's
+        # (baselines' tomography, coarse alignment) is a second one
+        "projector": _projector_bytes(a, shapes.volume_shape, real) * (2 if slabs else 1),
         "batch work": batch * (frame * cplx * frame_sets * modes + 3 * plane * cplx),
+        # every slab's transmission, windows and incident wave (kept for the gradient)
+        "slabs": batch * slabs * (2 * frame * cplx * modes + plane * cplx),
         "frames": frames_device,
     }
     host = {
@@ -361,6 +379,8 @@ def reconstruction_shapes(path) -> ReconstructionShapes | None:
     try:
         with h5py.File(os.fspath(path), "r") as f:
             shape = np.asarray(f[GEOMETRY].attrs["volume_shape"])
+            voxel, energy = (float(np.asarray(f[GEOMETRY].attrs.get(k, 0.0)).reshape(-1)[0])
+                             for k in ("voxel_size_m", "energy_kev"))
             probe = f.get(PROBE)
             modes = int(probe.shape[0]) if isinstance(probe, h5py.Dataset) and probe.ndim == 3 else 1
             has_truth = f.get(TRUTH) is not None
@@ -370,7 +390,9 @@ def reconstruction_shapes(path) -> ReconstructionShapes | None:
     if shape.shape != (3,) or shape.dtype.kind not in "fiu" or not np.all(np.isfinite(shape)) \
             or not np.all(shape > 0) or not np.all(np.mod(shape, 1) == 0):
         return None
-    return ReconstructionShapes(n_angles, n_positions, m, tuple(int(n) for n in shape), max(modes, 1), has_truth)
+    known = all(np.isfinite(v) and v > 0 for v in (voxel, energy))
+    return ReconstructionShapes(n_angles, n_positions, m, tuple(int(n) for n in shape), max(modes, 1), has_truth,
+                                voxel if known else 0.0, energy if known else 0.0)
 
 
 def plan_simulation(config) -> MemoryPlan:
@@ -387,11 +409,15 @@ def plan_simulation(config) -> MemoryPlan:
     j = len(raster_centres(n, config.step, 0)) ** 2  # a Fermat spiral of the same step has about as many
     frames = a * j * m * m
     frame_bytes = frames * SIMULATED_FRAME_BYTES.get(config.noise, max(SIMULATED_FRAME_BYTES.values()))
-    batch = default_angle_batch(a, j, m * s, cplx, device, modes)
+    propagation, slices = config.resolved_propagation((n, n, n))
+    slabs = slices if propagation == "multislice" else 0
+    batch = default_angle_batch(a, j, m * s, cplx, device, modes, slabs)
+    plane = ((n + 2 * m) * s) ** 2
     compute = {
         "phantom": (n * s) ** 3 * cplx,
         "projector": _projector_bytes(a, fine, real),
-        "batch work": batch * (4 * modes * j * (m * s) ** 2 * cplx + 3 * ((n + 2 * m) * s) ** 2 * cplx),
+        "batch work": batch * (4 * modes * j * (m * s) ** 2 * cplx + 3 * plane * cplx),
+        "slabs": batch * slabs * (plane + j * (m * s) ** 2) * cplx,  # the slabs' transmissions and windows
     }
     host = {
         "frames": frame_bytes,

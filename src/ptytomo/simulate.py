@@ -22,7 +22,7 @@ optional ``/truth/*`` fields.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +30,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .device import resolve_device, resolve_precision
+from .diagnostics import PROPAGATIONS, choose_propagation
 from .errors import PtytomoError
 from .io import Geometry, PtychoTomoData
 from .operators import JointModel
 from .operators.ptycho import far_field, far_field_adjoint
+from .operators.tomo import slab_edges
 from .phantoms import block_average, load_volume, one_compound, random_ellipsoids, woven_wire
 from .physics import delta_beta
 from .scan import (
@@ -100,6 +102,9 @@ class SimulationConfig:
     scan: str = "raster"  # raster | fermat
     runout: float = 0.0  # rms per coordinate (px) of the per-angle rigid object shifts
     angle_intensity_jitter: float = 0.0  # rms fraction of the per-angle incident flux
+    # projection | multislice | auto: multislice where the volume is thicker than the depth of field
+    propagation: str = "auto"
+    slices: int = 0  # multislice slabs on the simulation's (fine) grid; 0: one per fine voxel across the beam
     device: str = "auto"
     precision: str = "float32"
     extra: dict = field(default_factory=dict)
@@ -121,6 +126,12 @@ class SimulationConfig:
             raise PtytomoError(f"--voxel-size must be > 0, got {self.voxel_size_m}")
         if not self.photons > 0:
             raise PtytomoError(f"--photons must be > 0, got {self.photons}")
+        if self.propagation not in PROPAGATIONS:
+            raise PtytomoError(f"--propagation {self.propagation!r}: choose one of {', '.join(PROPAGATIONS)}")
+        if self.slices < 0:
+            raise PtytomoError(f"--slices must be >= 0 (0: one per fine voxel), got {self.slices}")
+        if self.slices > 0 and self.propagation == "projection":
+            raise PtytomoError(f"--slices {self.slices} asks for multislice; --propagation projection has one plane")
         self.check_imperfections()
 
     def check_imperfections(self) -> None:
@@ -159,6 +170,19 @@ class SimulationConfig:
             return delta_beta(formula, grams_per_cm3, self.energy_kev)
         except PtytomoError as exc:
             raise PtytomoError(f"--material {self.material!r}: {exc}") from None
+
+    def resolved_propagation(self, volume_shape: tuple[int, int, int]) -> tuple[str, int]:
+        """(model, slabs on the fine grid): ``auto`` is multislice where the reconstruction grid's volume is
+        thicker than its depth of field (diagnostics.choose_propagation); the simulation's slabs are one fine
+        voxel thick (``slices`` 0): many more and thinner than a reconstruction uses, so that its data do not
+        share the reconstruction's slicing."""
+        geometry = Geometry(self.energy_kev, self.voxel_size_m, tuple(volume_shape))
+        model = choose_propagation(geometry, self.propagation, self.slices, joint=True).model
+        if model == "projection":
+            return model, 1
+        fine = tuple(n * self.oversample for n in volume_shape)
+        edges = slab_edges(fine, 1)
+        return model, self.slices or math.ceil(edges[-1] - edges[0])
 
     def resolved_defocus(self) -> float:
         return default_defocus(self.pupil, self.detector_size) if self.defocus is None else float(self.defocus)
@@ -327,6 +351,7 @@ def simulate(config: SimulationConfig, progress: bool = True) -> PtychoTomoData:
 
     modes_fine = fine_probe_modes(config)
     true_probe = detector_probe_modes(modes_fine, m, s)
+    propagation, slices = config.resolved_propagation(truth.shape)
     model = JointModel(
         volume_fine.shape,
         config.voxel_size_m / s,
@@ -337,6 +362,8 @@ def simulate(config: SimulationConfig, progress: bool = True) -> PtychoTomoData:
         valid=valid,
         device=device,
         dtype=real_dtype,
+        propagation=propagation,
+        slices=slices,
     )
     intensities = expected_intensities(model, model.volume(volume_fine), modes_fine, m, s, progress)
     angle_scale = flux_scales(config) if config.angle_intensity_jitter > 0 else None
@@ -360,7 +387,7 @@ def simulate(config: SimulationConfig, progress: bool = True) -> PtychoTomoData:
         geometry=Geometry(config.energy_kev, config.voxel_size_m, tuple(truth.shape)),
         valid=valid,
         truth=truth.astype(np.complex64),
-        simulation=simulation_record(config, true_probe),
+        simulation=simulation_record(replace(config, propagation=propagation, slices=slices), true_probe),
         truth_probe=true_probe,
         truth_positions=true_positions if perturbed else None,
         truth_angle_shifts=angle_shifts,

@@ -123,7 +123,6 @@ class PositionsGroup(ParameterGroup):
     def search(self, residual) -> torch.Tensor:
         """The offset (B, J, 2) of the grid at which each window of the batch fits best."""
         from ..objective import detector_residual
-        from ..operators.ptycho import Ptychography
 
         positions = self.model.positions[residual.angles]
         valid = None if self.model.valid is None else self.model.valid[residual.angles]
@@ -131,8 +130,7 @@ class PositionsGroup(ParameterGroup):
         moves = torch.ones(positions.shape[:2], dtype=positions.dtype) if valid is None else valid.to(positions.dtype)
         moves = moves.to(positions.device)[..., None]  # padding entries stay where they are (inside the plane)
         for offset in self.offsets():
-            trial = Ptychography(positions + offset.to(positions.device) * moves, self.model.probe,
-                                 self.model.padded_shape, valid, pruned=False)
+            trial = residual.ptychography.moved(positions + offset.to(positions.device) * moves)
             fields = trial.forward(residual.transmission)
             cost, _ = detector_residual(residual.loss, fields, residual.measured, residual.weight, per_frame=True)
             cost = cost.to(torch.float64).cpu()

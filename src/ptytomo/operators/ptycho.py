@@ -102,6 +102,7 @@ class Ptychography:
         pruned: bool | None = None,
     ):
         self.probe = probe  # as given: (M, M) or (K, M, M)
+        self.valid = valid
         self.single_mode = probe.dim() == 2
         probe = probe[None] if self.single_mode else probe  # (K, M, M) from here on
         self.m = probe.shape[-1]
@@ -140,6 +141,13 @@ class Ptychography:
         self.cols = corner[..., 1, None] + torch.arange(box[1].start, box[1].stop, device=probe.device)
         self.weight = None if valid is None else valid.to(device=probe.device, dtype=probe.real.dtype)[..., None, None]
 
+    def moved(self, positions: torch.Tensor) -> "Ptychography":
+        """The same operator with its windows at ``positions`` (whole windows: a position search's trials)."""
+        return Ptychography(positions, self.probe, self.transmission_shape, self.valid, pruned=False)
+
+    def release(self) -> None:
+        """Nothing to forget: a single plane keeps no state between passes (see MultislicePtychography)."""
+
     def windows(self, transmission: torch.Tensor) -> torch.Tensor:
         """(B, J, Kr, Kc) windows of the transmission (the probe's box of each M x M window)."""
         return transmission[self.angle_index, self.rows[..., :, None], self.cols[..., None, :]]
@@ -155,9 +163,18 @@ class Ptychography:
             return frames
         return frames * (self.weight if frames.dim() == 4 else self.weight[..., None])
 
+    def window_stack(self, transmission: torch.Tensor) -> torch.Tensor:
+        """What :meth:`carry` multiplies a probe-plane wave by: the (B, J, Kr, Kc) windows."""
+        return self.windows(transmission)
+
+    def carry(self, wave: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+        """A probe-plane wave (B, J, K, Kr, Kc) through the sample to the exit (valid windows only); the exit
+        waves are linear in it."""
+        return self._weighted(wave * windows[:, :, None])
+
     def exit_waves(self, transmission: torch.Tensor) -> torch.Tensor:
         """(B, J, K, Kr, Kc): every mode times every window."""
-        return self._weighted(self.frame_probe * self.windows(transmission)[:, :, None])
+        return self.carry(self.frame_probe, self.window_stack(transmission))
 
     def transform(self, waves: torch.Tensor) -> torch.Tensor:
         if self.pruned:
@@ -169,7 +186,8 @@ class Ptychography:
             return self.dft_rows.conj().T @ fields @ self.dft_cols_t.conj().T
         return far_field_adjoint(fields)
 
-    def forward(self, transmission: torch.Tensor) -> torch.Tensor:
+    def forward(self, transmission: torch.Tensor, keep: bool = True) -> torch.Tensor:
+        """Far fields (B, J, [K,] M, M).  ``keep`` is for a multislice operator's state; one plane keeps none."""
         fields = self.transform(self.exit_waves(transmission))
         return fields[:, :, 0] if self.single_mode else fields
 
@@ -187,14 +205,26 @@ class Ptychography:
     def adjoint(self, fields: torch.Tensor) -> torch.Tensor:
         return self.adjoint_of_back_waves(self.back_waves(fields))
 
+    def transmission_gradient(self, transmission: torch.Tensor, back: torch.Tensor) -> torch.Tensor:
+        """G with ``d cost = 2 Re <G, d transmission>`` from :meth:`back_waves`' ``back`` (the model is linear
+        in the transmission, so G does not depend on it)."""
+        return self.adjoint_of_back_waves(back)
+
+    def linear_forward(self, perturbation: torch.Tensor) -> torch.Tensor:
+        """The far fields' derivative at an empty object (O = 1) in the direction ``perturbation``."""
+        return self.forward(perturbation)
+
+    def linear_adjoint(self, fields: torch.Tensor) -> torch.Tensor:
+        """Adjoint of :meth:`linear_forward`."""
+        return self.adjoint(fields)
+
     # -- gradients with respect to the probe and the positions ----------------
     # Both use whole windows (pruned=False): a refined probe has no compact support.
     def probe_gradient(self, transmission: torch.Tensor, back: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(grad, curvature): d cost = 2 Re <grad, d probe> for the (K, M, M) modes, and the
         Gauss-Newton diagonal sum_frames |window|^2 (M, M) that preconditions the probe's step."""
-        windows = self.windows(transmission)
-        grad_frames = back * windows.conj()[:, :, None]
-        weighted = self._weighted(windows.abs() ** 2).sum(dim=(0, 1))
+        grad_frames, power = self.probe_frames_gradient(transmission, back)
+        weighted = self._weighted(power).sum(dim=(0, 1))
         if not self.shifted:
             return grad_frames.sum(dim=(0, 1)), weighted
         # The frame's probe is the probe shifted by the position's fraction: undo the shift (unitary),
@@ -203,6 +233,12 @@ class Ptychography:
         ramp = shift_ramp(-self.fraction.reshape(-1, 2), self.m, flat.dtype, flat.device)
         return torch.fft.ifft2(torch.sum(flat * ramp[:, None], dim=0)), weighted
 
+    def probe_frames_gradient(self, transmission: torch.Tensor, back: torch.Tensor):
+        """(d cost / d frame probe (B, J, K, M, M), |window|^2 (B, J, M, M)): every window's gradient with
+        respect to its (shifted) probe, and the Gauss-Newton diagonal of the probe's step per window."""
+        windows = self.windows(transmission)
+        return back * windows.conj()[:, :, None], windows.abs() ** 2
+
     def position_gradient(self, transmission: torch.Tensor, back: torch.Tensor,
                           fields: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(grad (B, J, 2), hessian (B, J, 2, 2)): d cost / d position (row, col) of every window, and
@@ -210,21 +246,21 @@ class Ptychography:
         which preconditions the step (each window's cost depends on its own position only, so the
         per-window 2 x 2 matrices are the whole Gauss-Newton Hessian).  ``fields`` are the forward
         far fields of the same evaluation."""
-        windows = self.windows(transmission)
+        windows = self.window_stack(transmission)
         # The window at n + f is modelled as P(u - f) O(u + n): d/df = -grad P(u - f) O(u + n).
         if self.shifted:  # the shifted probes' spectra: the probe's times each frame's ramp
-            ramp = shift_ramp(self.fraction.reshape(-1, 2), self.m, windows.dtype, windows.device)
+            ramp = shift_ramp(self.fraction.reshape(-1, 2), self.m, self.probe.dtype, self.probe.device)
             spectrum = (torch.fft.fft2(self.probe if not self.single_mode else self.probe[None])[None]
                         * ramp[:, None]).reshape(self.frame_probe.shape)
         else:
             spectrum = torch.fft.fft2(self.frame_probe)
-        freq = torch.fft.fftfreq(self.m, device=windows.device, dtype=self.fraction.dtype).to(spectrum.dtype)
+        freq = torch.fft.fftfreq(self.m, device=self.probe.device, dtype=self.fraction.dtype).to(spectrum.dtype)
         if self.single_mode:
             fields = fields[:, :, None]
         modulus = torch.sqrt(torch.sum(fields.abs() ** 2, dim=2)).clamp_min(1e-20)  # (B, J, M, M)
         grads, sensitivities = [], []
         for ramp in (freq[:, None], freq[None, :]):
-            d_wave = self._weighted(-torch.fft.ifft2(spectrum * (2j * torch.pi * ramp)) * windows[:, :, None])
+            d_wave = self.carry(-torch.fft.ifft2(spectrum * (2j * torch.pi * ramp)), windows)
             grads.append(2 * torch.real(torch.sum(back.conj() * d_wave, dim=(2, 3, 4))))
             d_field = self.transform(d_wave)
             sensitivities.append(torch.sum(torch.real(fields.conj() * d_field), dim=2) / modulus)  # d|g|/df

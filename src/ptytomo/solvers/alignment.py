@@ -209,7 +209,7 @@ def reproject(objective, u: torch.Tensor) -> torch.Tensor:
     """Phase of the volume's projections (A, H, W) on the padded plane, real part of R' u."""
     model = objective.model
     scale = model.voxel_size_m
-    return torch.cat([model.pad(model.projector(b).forward(u).real / scale) for b in range(len(model.batches))])
+    return torch.cat([model.pad(model.plane_projector(b).forward(u).real / scale) for b in range(len(model.batches))])
 
 
 def low_pass(images: torch.Tensor, sigma: float) -> torch.Tensor:

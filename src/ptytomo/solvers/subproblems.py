@@ -87,7 +87,7 @@ class PtychographyRetrieval:
         with objective.listening(active):
             objective.begin_evaluation()
             for b, batch in enumerate(model.batches):
-                result, cost = objective.residual(b, psi[batch])
+                result, cost = objective.residual(b, psi[batch], model.ptychography(b))
                 total += cost.to(torch.float64)
                 # The Gauss-Newton residual: a unit step is the loss's Newton-like step along the modulus
                 # (objective.detector_residual), so one preconditioner serves every loss.
@@ -179,10 +179,10 @@ class TomographyObjective:
         self.evaluations = 0
 
     def project(self, u: torch.Tensor, b: int) -> torch.Tensor:
-        return self.model.projector(b).forward(u) / self.model.voxel_size_m
+        return self.model.plane_projector(b).forward(u) / self.model.voxel_size_m
 
     def back_project(self, p: torch.Tensor, b: int) -> torch.Tensor:
-        return self.model.projector(b).adjoint(p) / self.model.voxel_size_m
+        return self.model.plane_projector(b).adjoint(p) / self.model.voxel_size_m
 
     def value_and_grad(self, u: torch.Tensor, need_grad: bool = True):
         total = torch.zeros((), dtype=torch.float64, device=u.device)
